@@ -1,0 +1,129 @@
+"""One source of truth for every hyperparameter, saved as ``config.json`` next to each model.
+
+The sections mirror the architecture: how features are extracted, how the model is built,
+and how it is trained. CLI flags are derived from these fields, so a default changes in
+exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icapnet.io import atomic_write_text
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class FeatureConfig:
+    """Which backbone layer turns an image into region features."""
+
+    backbone: str = "vgg16"
+    layer: str = "block5_conv3"
+    # "imagenet" (Keras' download), a local .h5/.weights.h5 path, or "none" (random, for tests).
+    weights: str = "imagenet"
+    image_size: int = 224
+    num_regions: int = 196  # 14 x 14
+    feature_dim: int = 512
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the captioner. Defaults follow the ICapNet / Show-Attend-Tell recipes."""
+
+    vocab_size: int = 0  # filled from the vocabulary when the model is built
+    embedding_dim: int = 256
+    units: int = 512
+    attention_units: int = 512
+    dropout: float = 0.5
+    decoder: str = "gru"  # "gru" | "lstm"
+    attention: str = "bahdanau"  # "bahdanau" | "none" (mean-pooled baseline)
+    num_regions: int = 196
+    feature_dim: int = 512
+    max_length: int = 40  # longest caption the decoder will write, <end> included
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for ``python -m icapnet.train``."""
+
+    batch_size: int = 64
+    learning_rate: float = 4e-4
+    epochs: int = 20
+    clip_norm: float = 5.0
+    attention_penalty: float = 1.0  # lambda of the doubly-stochastic attention term
+    seed: int = 42
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: str = "default"  # "default" | "mirrored" | "tpu"
+    early_stopping_patience: int = 5
+    reduce_lr_patience: int = 2
+    reduce_lr_factor: float = 0.5
+    shuffle_buffer: int = 4096
+    fine_tune_from: str | None = None  # e.g. "block5_conv1": train the backbone from this layer on
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-5
+
+
+@dataclass
+class DataConfig:
+    """Where the training data came from, so a model can say what it was trained on."""
+
+    dataset: str = ""
+    data_dir: str = ""
+    cache_dir: str = ""
+    min_count: int = 5
+    max_vocab_size: int = 10000
+
+
+@dataclass
+class Config:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        kwargs = {}
+        for name, section_cls in _SECTION_TYPES.items():
+            values = raw.get(name, {})
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"config section '{name}' has unknown keys: {sorted(unknown)}")
+            kwargs[name] = section_cls(**values)
+        return cls(**kwargs)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory_or_file: str | Path) -> Config:
+        path = Path(directory_or_file)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        return cls.from_dict(raw)
+
+
+_SECTION_TYPES = {
+    "features": FeatureConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+}

@@ -1,0 +1,23 @@
+"""User-facing errors: one line that names the file and the problem."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class IcapnetError(Exception):
+    """A problem with the user's input (file, flag, model) rather than a bug in icapnet."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand's ``main`` so that input problems end in one line and a non-zero exit."""
+    try:
+        code = main(argv)
+    except IcapnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
