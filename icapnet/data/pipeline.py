@@ -1,0 +1,153 @@
+"""tf.data input pipelines over the feature cache, for training and for evaluation.
+
+Everything stays in the graph: shards are streamed with TFRecordDataset (memory bounded by
+the shuffle buffer, not the dataset), captions are joined through a static hash table
+image_id -> row of a ragged tensor, and each batch is padded only to its own longest caption.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import tensorflow as tf
+
+from icapnet.config import TrainConfig
+from icapnet.data.features import FeatureCache, open_cache, parse_record
+from icapnet.errors import IcapnetError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _split_shards(cache: FeatureCache, split: str) -> list[str]:
+    paths = cache.shard_paths(split)
+    if not paths or cache.num_images(split) == 0:
+        raise IcapnetError(f"{cache.root}: no '{split}' images in the feature cache "
+                           f"(splits: {', '.join(cache.splits) or 'none'})")
+    for path in paths:
+        if not path.is_file():
+            raise IcapnetError(f"{path}: feature shard missing; re-run prepare")
+    return [str(p) for p in paths]
+
+
+def _caption_table(
+    cache: FeatureCache, split: str
+) -> tuple[tf.lookup.StaticHashTable, tf.RaggedTensor]:
+    """image_id -> row index, and rows of encoded captions [images, captions, tokens]."""
+    vocab = cache.vocab
+    captions = cache.captions.get(split, {})
+    ids = sorted(captions)
+    per_image, lengths, flat = [], [], []
+    for image_id in ids:
+        encoded = [vocab.encode(c) for c in captions[image_id]]
+        encoded = [e for e in encoded if len(e) > 2]  # <start> <end> alone teaches nothing
+        per_image.append(len(encoded))
+        for tokens in encoded:
+            lengths.append(len(tokens))
+            flat.extend(tokens)
+    rows = tf.RaggedTensor.from_nested_row_lengths(
+        tf.constant(flat, tf.int32),
+        [tf.constant(per_image, tf.int64), tf.constant(lengths, tf.int64)],
+    )
+    if not ids:
+        raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)
+        ),
+        default_value=-1,
+    )
+    return table, rows
+
+
+def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle and len(paths) > 1:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(paths)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def make_dataset(
+    cache_dir: str | Path,
+    split: str,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    shuffle_buffer: int | None = None,
+) -> tf.data.Dataset:
+    """(features [B,R,C] float32, captions [B,T] int32), one element per (image, caption).
+
+    Captions are <start> w1 .. wn <end>, zero-padded to the longest caption in the batch.
+    Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch.
+    """
+    cache = open_cache(cache_dir)
+    paths = _split_shards(cache, split)
+    regions, channels = cache.feature_shape
+    table, rows = _caption_table(cache, split)
+    buffer = int(shuffle_buffer or TrainConfig().shuffle_buffer)
+
+    def pairs(serialized: tf.Tensor) -> tf.data.Dataset:
+        image_id, feats = parse_record(serialized, (regions, channels))
+        row = table.lookup(image_id)  # -1: image without captions
+        caps = rows[tf.maximum(row, 0)]
+        count = tf.where(row >= 0, caps.nrows(), tf.constant(0, tf.int64))
+        return tf.data.Dataset.zip((
+            tf.data.Dataset.from_tensors(feats).repeat(count),
+            tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
+        ))
+
+    ds = _records(paths, shuffle, seed).flat_map(pairs)
+    if shuffle:
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.padded_batch(
+        batch_size,
+        padded_shapes=([regions, channels], [None]),
+        padding_values=(tf.constant(0, tf.float16), tf.constant(0, tf.int32)),
+        drop_remainder=drop_remainder,
+    )
+    ds = ds.map(lambda f, c: (tf.cast(f, tf.float32), c), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def make_image_dataset(cache_dir: str | Path, split: str, batch_size: int) -> tf.data.Dataset:
+    """(image_id [B] string, features [B,R,C] float32), one element per image, cache order."""
+    cache = open_cache(cache_dir)
+    paths = _split_shards(cache, split)
+    shape = cache.feature_shape
+    ds = tf.data.TFRecordDataset(paths)
+    ds = ds.map(lambda s: parse_record(s, shape), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda i, f: (i, tf.cast(f, tf.float32)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def count_pairs(cache_dir: str | Path, split: str) -> int:
+    """(image, caption) training pairs in one epoch of ``split`` (empty captions excluded)."""
+    cache = open_cache(cache_dir)
+    vocab = cache.vocab
+    features = set(cache.image_ids(split))
+    return sum(
+        1
+        for image_id, caps in cache.captions.get(split, {}).items()
+        if image_id in features
+        for c in caps
+        if len(vocab.encode(c)) > 2
+    )
+
+
+def steps_per_epoch(
+    cache_dir: str | Path, split: str, batch_size: int, drop_remainder: bool = False
+) -> int:
+    """Batches in one pass over ``split`` as :func:`make_dataset` yields them."""
+    pairs = count_pairs(cache_dir, split)
+    return pairs // batch_size if drop_remainder else math.ceil(pairs / batch_size)

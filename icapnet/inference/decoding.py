@@ -1,0 +1,341 @@
+"""Greedy and beam-search decoding of a trained Captioner, batched and in graph mode.
+
+Both decoders run the whole caption loop inside one ``tf.function`` (a ``tf.while_loop``
+over time) for a batch of images: ``model.encode`` and ``model.precompute_keys`` run once,
+then ``model.decode_step`` once per word. The pure graph builders (``greedy_graph`` /
+``beam_graph``) are also what the SavedModel export traces, so the Python path and the
+exported model share one implementation.
+
+Conventions:
+- ``<pad>``, ``<start>`` and ``<unk>`` are never emitted: their logits are set to -inf before
+  the log-softmax, so scores are log-probabilities over the words that *can* be emitted.
+- ``max_length`` counts emitted tokens, ``<end>`` included (as ``ModelConfig.max_length``).
+- Beam search uses the GNMT length penalty ``lp(n) = ((5 + n) / 6) ** alpha`` where ``n`` is
+  the number of tokens including ``<end>``; the score is ``sum log p / lp(n)``. With
+  ``alpha = 0`` (the default) that is the plain sum of log-probabilities, so beam size 1
+  gives exactly the greedy caption and score.
+- Beam size and max length may be Python ints or scalar int32 tensors (the export feeds
+  them as signature inputs): all shapes inside are dynamic, nothing is retraced.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from icapnet.data.text import Vocabulary
+
+PAD_ID = Vocabulary.pad_id
+START_ID = Vocabulary.start_id
+END_ID = Vocabulary.end_id
+UNK_ID = Vocabulary.unk_id
+NEVER_EMITTED = (PAD_ID, START_ID, UNK_ID)
+
+
+class DecodeResult(NamedTuple):
+    """Decoded captions for a batch (tensors; ``.to_numpy()`` for arrays).
+
+    tokens:    [B, T] int32 word ids, ``<end>`` included, 0-padded after it; T = max(lengths).
+    scores:    [B] float32 sum of log-probabilities (beam: divided by the length penalty).
+    attention: [B, T, R] float32 attention of each emitted token (zeros after ``<end>``).
+    lengths:   [B] int32 emitted tokens including ``<end>`` (= max_length when none ended).
+    """
+
+    tokens: Any
+    scores: Any
+    attention: Any
+    lengths: Any
+
+    def to_numpy(self) -> DecodeResult:
+        return DecodeResult(*(np.asarray(x) for x in self))
+
+
+def _emit_mask(vocab_size: tf.Tensor) -> tf.Tensor:
+    """[V] additive mask: -inf for the tokens a caption may never contain, 0 elsewhere."""
+    ids = tf.range(vocab_size)
+    banned = tf.reduce_any(ids[:, None] == tf.constant(NEVER_EMITTED)[None, :], axis=1)
+    return tf.where(banned, float("-inf"), 0.0)
+
+
+def _log_probs(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    return tf.nn.log_softmax(tf.cast(logits, tf.float32) + mask, axis=-1)
+
+
+def _length_penalty(length: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    """GNMT length penalty ((5 + n) / 6) ** alpha."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def _start(model: Any, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    encoded = model.encode(features, training=False)
+    keys = model.precompute_keys(encoded)
+    state = model.initial_state(encoded)
+    return encoded, keys, state
+
+
+def greedy_graph(model: Any, features: tf.Tensor, max_length: tf.Tensor) -> DecodeResult:
+    """Graph body of :func:`greedy_decode` (call inside a tf.function)."""
+    features = tf.convert_to_tensor(features)
+    max_length = tf.maximum(tf.cast(max_length, tf.int32), 1)
+    batch = tf.shape(features)[0]
+    encoded, keys, state = _start(model, features)
+    regions = tf.shape(encoded)[1]
+
+    def cond(t, tokens, state, finished, *_):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(t, tokens, state, finished, scores, lengths, token_ta, alpha_ta):
+        logits, state, alpha = model.decode_step(tokens, state, encoded, keys, training=False)
+        logp = _log_probs(logits, _emit_mask(tf.shape(logits)[-1]))
+        best = tf.argmax(logp, axis=-1, output_type=tf.int32)
+        step_logp = tf.gather(logp, best, batch_dims=1)
+        alive = tf.logical_not(finished)
+        emitted = tf.where(alive, best, PAD_ID)
+        scores += tf.where(alive, step_logp, 0.0)
+        lengths += tf.cast(alive, tf.int32)
+        alpha = tf.where(alive[:, None], tf.cast(alpha, tf.float32), 0.0)
+        token_ta = token_ta.write(t, emitted)
+        alpha_ta = alpha_ta.write(t, alpha)
+        finished = tf.logical_or(finished, best == END_ID)
+        return t + 1, emitted, state, finished, scores, lengths, token_ta, alpha_ta
+
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch], START_ID),
+        state,
+        tf.zeros([batch], tf.bool),
+        tf.zeros([batch], tf.float32),
+        tf.zeros([batch], tf.int32),
+        tf.TensorArray(tf.int32, size=max_length, element_shape=[None]),
+        tf.TensorArray(tf.float32, size=max_length, element_shape=[None, None]),
+    )
+    shapes = tf.nest.map_structure(_invariant, loop_vars)
+    steps, _, _, _, scores, lengths, token_ta, alpha_ta = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=shapes, maximum_iterations=max_length
+    )
+    width = tf.reduce_max(lengths)
+    tokens = tf.transpose(token_ta.gather(tf.range(steps)))[:, :width]
+    attention = tf.transpose(
+        tf.reshape(alpha_ta.gather(tf.range(steps)), [steps, batch, regions]), [1, 0, 2]
+    )[:, :width]
+    return DecodeResult(tokens, scores, attention, lengths)
+
+
+def beam_graph(
+    model: Any,
+    features: tf.Tensor,
+    beam_size: tf.Tensor,
+    max_length: tf.Tensor,
+    length_penalty: tf.Tensor,
+) -> DecodeResult:
+    """Graph body of :func:`beam_search` (call inside a tf.function).
+
+    Layout: ``k`` live hypotheses per image, flattened to ``[B*k]`` for ``decode_step``.
+    Each step, the ``<end>`` extensions among the top ``k`` of all ``k * V`` extensions are
+    finished candidates (the best one per image is kept if it beats the best finished so
+    far), and the top ``k`` non-``<end>`` extensions become the new live set, so the beam
+    stays full while finished hypotheses are tracked separately. Per step we store the chosen
+    words, their parent slots and the attention of every parent, then walk the backpointers
+    from the chosen hypothesis so its attention rows belong to its own words.
+    """
+    features = tf.convert_to_tensor(features)
+    k = tf.maximum(tf.cast(beam_size, tf.int32), 1)
+    max_length = tf.maximum(tf.cast(max_length, tf.int32), 1)
+    alpha = tf.cast(length_penalty, tf.float32)
+    batch = tf.shape(features)[0]
+    encoded, keys, state = _start(model, features)
+    regions = tf.shape(encoded)[1]
+    encoded_k = tf.repeat(encoded, k, axis=0)
+    keys_k = tf.repeat(keys, k, axis=0)
+    state = tf.repeat(state, k, axis=0)
+    neg_inf = tf.constant(float("-inf"))
+    # Only slot 0 is live at the start; the other k-1 copies would duplicate it.
+    live_scores = tf.tile(tf.where(tf.range(k) == 0, 0.0, neg_inf)[None, :], [batch, 1])
+    best_max = _length_penalty(max_length, alpha)
+    offsets = tf.range(batch)[:, None] * k
+
+    def cond(t, tokens, state, live_scores, fin_score, fin_step, fin_parent, done, *_):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(done)))
+
+    def body(t, tokens, state, live_scores, fin_score, fin_step, fin_parent, done, *tas):
+        w_ta, p_ta, a_ta = tas
+        logits, new_state, attn = model.decode_step(
+            tokens, state, encoded_k, keys_k, training=False
+        )
+        vocab = tf.shape(logits)[-1]
+        logp = tf.reshape(_log_probs(logits, _emit_mask(vocab)), [batch, k, vocab])
+        cand = live_scores[:, :, None] + logp  # [B, k, V]
+        # Finished candidates: <end> extensions among the top k of ALL extensions (as in
+        # the classic algorithm; this is what makes beam 1 == greedy), length t + 1.
+        top_all, top_all_idx = tf.math.top_k(tf.reshape(cand, [batch, k * vocab]), k=k)
+        is_end = tf.equal(top_all_idx % vocab, END_ID)
+        end_norm = tf.where(is_end, top_all / _length_penalty(t + 1, alpha), neg_inf)
+        end_pick = tf.argmax(end_norm, axis=1, output_type=tf.int32)
+        end_best = tf.reduce_max(end_norm, axis=1)
+        better = tf.logical_and(end_best > fin_score, tf.logical_not(done))
+        fin_score = tf.where(better, end_best, fin_score)
+        fin_step = tf.where(better, t, fin_step)
+        end_parent = tf.gather(top_all_idx, end_pick, batch_dims=1) // vocab
+        fin_parent = tf.where(better, end_parent, fin_parent)
+        # Live candidates: the best k extensions by any word but <end>.
+        no_end = tf.where(tf.range(vocab) == END_ID, neg_inf, 0.0)
+        flat = tf.reshape(cand + no_end, [batch, k * vocab])
+        live_scores, top = tf.math.top_k(flat, k=k)
+        parent = top // vocab
+        word = top % vocab
+        state = tf.gather(new_state, tf.reshape(parent + offsets, [-1]))
+        w_ta = w_ta.write(t, word)
+        p_ta = p_ta.write(t, parent)
+        a_ta = a_ta.write(t, tf.reshape(tf.cast(attn, tf.float32), [batch, k, regions]))
+        # No live hypothesis can beat the best finished one any more: sum log p only drops,
+        # and lp(n) <= lp(max_length) for alpha >= 0.
+        done = tf.logical_or(done, fin_score >= live_scores[:, 0] / best_max)
+        tokens = tf.reshape(word, [-1])
+        fin = (fin_score, fin_step, fin_parent, done)
+        return (t + 1, tokens, state, live_scores, *fin, w_ta, p_ta, a_ta)
+
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch * k], START_ID),
+        state,
+        live_scores,
+        tf.fill([batch], neg_inf),
+        tf.zeros([batch], tf.int32),
+        tf.zeros([batch], tf.int32),
+        tf.zeros([batch], tf.bool),
+        tf.TensorArray(tf.int32, size=max_length, element_shape=[None, None]),
+        tf.TensorArray(tf.int32, size=max_length, element_shape=[None, None]),
+        tf.TensorArray(tf.float32, size=max_length, element_shape=[None, None, None]),
+    )
+    shapes = tf.nest.map_structure(_invariant, loop_vars)
+    out = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=shapes, maximum_iterations=max_length
+    )
+    steps, _, _, live_scores, fin_score, fin_step, fin_parent, _, w_ta, p_ta, a_ta = out
+    words = w_ta.gather(tf.range(steps))  # [S, B, k]
+    parents = p_ta.gather(tf.range(steps))  # [S, B, k]
+    attns = tf.reshape(a_ta.gather(tf.range(steps)), [steps, batch, k, regions])
+
+    # The chosen hypothesis: best finished, else the best partial one (live slot 0).
+    has_fin = fin_score > neg_inf
+    last_pos = tf.where(has_fin, fin_step, steps - 1)
+    last_word = tf.where(has_fin, END_ID, words[steps - 1][:, 0])
+    # For both kinds, the slot one step earlier is also the slot whose attention is used.
+    last_parent = tf.where(has_fin, fin_parent, parents[steps - 1][:, 0])
+    scores = tf.where(has_fin, fin_score, live_scores[:, 0] / _length_penalty(steps, alpha))
+    lengths = last_pos + 1
+
+    def back_cond(u, *_):
+        return u >= 0
+
+    def back_body(u, slot, tok_ta, att_ta):
+        is_last = tf.equal(u, last_pos)
+        before = u < last_pos
+        par = tf.gather(parents[u], slot, batch_dims=1)
+        tok = tf.where(
+            is_last, last_word, tf.where(before, tf.gather(words[u], slot, batch_dims=1), PAD_ID)
+        )
+        att_slot = tf.where(is_last, slot, par)
+        att = tf.gather(attns[u], att_slot, batch_dims=1)
+        att = tf.where(tf.logical_or(is_last, before)[:, None], att, 0.0)
+        slot = tf.where(before, par, slot)
+        return u - 1, slot, tok_ta.write(u, tok), att_ta.write(u, att)
+
+    back_vars = (
+        steps - 1,
+        last_parent,
+        tf.TensorArray(tf.int32, size=steps, element_shape=[None]),
+        tf.TensorArray(tf.float32, size=steps, element_shape=[None, None]),
+    )
+    back_shapes = tf.nest.map_structure(_invariant, back_vars)
+    _, _, tok_ta, att_ta = tf.while_loop(
+        back_cond, back_body, back_vars, shape_invariants=back_shapes
+    )
+    width = tf.reduce_max(lengths)
+    tokens = tf.transpose(tok_ta.stack())[:, :width]
+    attention = tf.transpose(
+        tf.reshape(att_ta.stack(), [steps, batch, regions]), [1, 0, 2]
+    )[:, :width]
+    return DecodeResult(tokens, scores, attention, lengths)
+
+
+def _invariant(value: Any) -> Any:
+    """Shape invariant with every dimension free (batch, beam and state sizes are dynamic)."""
+    if isinstance(value, tf.TensorArray):
+        return tf.TensorShape(None)
+    shape = tf.convert_to_tensor(value).shape
+    return tf.TensorShape([None] * shape.rank)
+
+
+# One compiled function pair per model, created on first use and dropped with the model.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: Any) -> dict[str, Any]:
+    fns = _COMPILED.get(model)
+    if fns is None:
+        spec_feat = tf.TensorSpec([None, None, None], tf.float32)
+        spec_int = tf.TensorSpec([], tf.int32)
+        fns = {
+            "greedy": tf.function(
+                lambda f, n: greedy_graph(model, f, n),
+                input_signature=[spec_feat, spec_int],
+                reduce_retracing=True,
+            ),
+            "beam": tf.function(
+                lambda f, k, n, a: beam_graph(model, f, k, n, a),
+                input_signature=[spec_feat, spec_int, spec_int, tf.TensorSpec([], tf.float32)],
+                reduce_retracing=True,
+            ),
+        }
+        _COMPILED[model] = fns
+    return fns
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, (int, np.integer)) and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def greedy_decode(model: Any, features: Any, max_length: Any) -> DecodeResult:
+    """Argmax caption for each image of ``features`` [B, R, C] (one compiled graph per model)."""
+    _check_positive("max_length", max_length)
+    feats = tf.convert_to_tensor(features, tf.float32)
+    return _compiled(model)["greedy"](feats, tf.cast(max_length, tf.int32))
+
+
+def beam_search(
+    model: Any, features: Any, beam_size: Any, max_length: Any, length_penalty: Any = 0.0
+) -> DecodeResult:
+    """Best caption per image by beam search; ``scores`` are length-penalised (see module doc)."""
+    _check_positive("beam_size", beam_size)
+    _check_positive("max_length", max_length)
+    feats = tf.convert_to_tensor(features, tf.float32)
+    return _compiled(model)["beam"](
+        feats,
+        tf.cast(beam_size, tf.int32),
+        tf.cast(max_length, tf.int32),
+        tf.cast(length_penalty, tf.float32),
+    )
+
+
+def decode(
+    model: Any, features: Any, beam_size: int = 1, max_length: int = 40, length_penalty: float = 0.0
+) -> DecodeResult:
+    """Greedy for ``beam_size == 1`` (cheaper, same result), beam search otherwise."""
+    if isinstance(beam_size, (int, np.integer)) and beam_size == 1:
+        return greedy_decode(model, features, max_length)
+    return beam_search(model, features, beam_size, max_length, length_penalty)
+
+
+__all__ = [
+    "DecodeResult",
+    "beam_graph",
+    "beam_search",
+    "decode",
+    "greedy_decode",
+    "greedy_graph",
+]

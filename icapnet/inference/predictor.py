@@ -1,0 +1,211 @@
+"""Predictor: a trained model directory -> captions and attention maps for new photos.
+
+Loads the captioner, its vocabulary and the backbone it was trained with (``config.features``)
+once, then captions images, files or uploaded bytes. Images are resized exactly as the
+feature cache did (``icapnet.data.features.prepare_image``) and go through the backbone in
+batches. A lock serialises the TensorFlow calls, so one Predictor can serve a threaded web
+server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icapnet.config import Config
+from icapnet.data.text import Vocabulary
+from icapnet.errors import IcapnetError
+from icapnet.inference.decoding import DecodeResult, decode
+
+
+@dataclass
+class CaptionResult:
+    """One caption. ``attention[i]`` is the ``grid x grid`` map used for ``words[i]``.
+
+    ``words`` excludes ``<end>``; ``score`` is the decoder's sum of log-probabilities
+    (length-penalised for beam search with a penalty).
+    """
+
+    caption: str
+    words: list[str]
+    score: float
+    attention: np.ndarray  # [len(words), grid, grid] float32
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.caption, "words": list(self.words), "score": float(self.score)}
+
+
+def results_from_decode(result: DecodeResult, vocab: Vocabulary) -> list[CaptionResult]:
+    """Turn a batched :class:`DecodeResult` into per-image :class:`CaptionResult` objects."""
+    res = result.to_numpy()
+    out: list[CaptionResult] = []
+    regions = res.attention.shape[-1]
+    grid = math.isqrt(regions)
+    square = grid * grid == regions
+    for tokens, score, attention in zip(res.tokens, res.scores, res.attention, strict=True):
+        words = vocab.tokens(tokens)
+        maps = attention[: len(words)].astype(np.float32)
+        if square:
+            maps = maps.reshape(len(words), grid, grid)
+        out.append(CaptionResult(" ".join(words), words, float(score), maps))
+    return out
+
+
+class Predictor:
+    """Captions photos with a trained model directory (thread-safe; load once, reuse)."""
+
+    def __init__(
+        self,
+        model: Any,
+        vocab: Vocabulary,
+        config: Config,
+        extractor: Any,
+        model_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.config = config
+        self.extractor = extractor
+        self.model_dir = model_dir
+        self.image_size = int(config.features.image_size)
+        self.batch_size = 16
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, feature_weights: str | None = None) -> Predictor:
+        """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``)."""
+        from icapnet.data.features import build_feature_extractor
+        from icapnet.model.store import load_model_dir
+
+        model_dir = Path(model_dir)
+        model, vocab, config = load_model_dir(model_dir)
+        if feature_weights is not None:
+            config = dataclasses.replace(
+                config, features=dataclasses.replace(config.features, weights=str(feature_weights))
+            )
+        extractor = build_feature_extractor(config.features)
+        return cls(model, vocab, config, extractor, model_dir)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.model.max_length)
+
+    def _check(self, beam_size: int, max_length: int | None) -> int:
+        if int(beam_size) < 1:
+            raise IcapnetError(f"beam size {beam_size}: must be at least 1")
+        length = self.max_length if max_length is None else int(max_length)
+        if length < 1:
+            raise IcapnetError(f"max length {length}: must be at least 1")
+        return length
+
+    def decode_features(
+        self,
+        features: np.ndarray,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+    ) -> DecodeResult:
+        """Decode region features [B, R, C] (e.g. from the cache) -> numpy DecodeResult."""
+        length = self._check(beam_size, max_length)
+        with self._lock:
+            result = decode(self.model, np.asarray(features, np.float32), int(beam_size),
+                            length, length_penalty)
+            return result.to_numpy()
+
+    def caption_features(
+        self,
+        features: np.ndarray,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+    ) -> list[CaptionResult]:
+        """Captions for precomputed region features [B, R, C] (evaluation uses the cache)."""
+        result = self.decode_features(features, beam_size, max_length, length_penalty)
+        return results_from_decode(result, self.vocab)
+
+    def extract(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Backbone features [N, R, C] for HxWx3 images of any sizes, one forward per batch."""
+        from icapnet.data.features import prepare_image
+
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = np.stack([
+                prepare_image(np.asarray(im), self.image_size)
+                for im in images[start:start + self.batch_size]
+            ])
+            with self._lock:
+                chunks.append(np.asarray(self.extractor(batch, training=False)))
+        return np.concatenate(chunks)
+
+    def caption_images(
+        self,
+        images: Sequence[np.ndarray],
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+    ) -> list[CaptionResult]:
+        """Captions for HxWx3 uint8 RGB arrays (any sizes), in order."""
+        if len(images) == 0:
+            return []
+        for i, image in enumerate(images):
+            shape = np.shape(image)
+            if len(shape) != 3 or shape[2] != 3 or shape[0] < 1 or shape[1] < 1:
+                raise IcapnetError(f"image #{i}: expected an HxWx3 RGB array, got shape {shape}")
+        self._check(beam_size, max_length)
+        out: list[CaptionResult] = []
+        for start in range(0, len(images), self.batch_size):
+            feats = self.extract(images[start:start + self.batch_size])
+            out += self.caption_features(feats, beam_size, max_length, length_penalty)
+        return out
+
+    def caption_paths(
+        self,
+        paths: Iterable[str | Path],
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+    ) -> list[CaptionResult | IcapnetError]:
+        """Captions for image files; an unreadable file gives its IcapnetError in its place."""
+        from icapnet.data.images import load_image
+
+        self._check(beam_size, max_length)
+        paths = list(paths)
+        out: list[CaptionResult | IcapnetError] = [None] * len(paths)  # type: ignore[list-item]
+        for start in range(0, len(paths), self.batch_size):
+            good: list[int] = []
+            images: list[np.ndarray] = []
+            for i in range(start, min(start + self.batch_size, len(paths))):
+                try:
+                    images.append(load_image(paths[i]))
+                    good.append(i)
+                except IcapnetError as err:
+                    out[i] = err
+            if images:
+                results = self.caption_images(images, beam_size, max_length, length_penalty)
+                for i, result in zip(good, results, strict=True):
+                    out[i] = result
+        return out
+
+    def caption_bytes(
+        self,
+        data: bytes,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+        name: str = "<upload>",
+    ) -> CaptionResult:
+        """Caption one encoded image (e.g. an upload); non-images raise IcapnetError."""
+        from icapnet.data.images import load_image_bytes
+
+        image = load_image_bytes(data, name)
+        return self.caption_images([image], beam_size, max_length, length_penalty)[0]
+
+
+__all__ = ["CaptionResult", "Predictor", "results_from_decode"]

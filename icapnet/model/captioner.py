@@ -1,0 +1,207 @@
+"""The captioner model: teacher forcing in a custom ``train_step`` with a masked loss.
+
+The loss is cross-entropy averaged over *real* tokens (padding is excluded from both the sum
+and the count) plus the doubly-stochastic attention penalty of Show-Attend-Tell. Both are
+normalised by GLOBAL counts (all-reduced across replicas), so a ``tf.distribute`` run optimises
+exactly the same objective as a single-device run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from icapnet.config import ModelConfig
+from icapnet.model.layers import PACKAGE, CNNEncoder, Decoder
+
+
+def masked_token_loss(labels, logits):
+    """Mean sparse cross-entropy over non-pad (id != 0) tokens only: [B, T], [B, T, V] -> scalar."""
+    labels = tf.convert_to_tensor(labels)
+    mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def _global_sum(value):
+    """Sum ``value`` over all replicas (identity outside ``tf.distribute``)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _num_replicas() -> int:
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Captioner(keras.Model):
+    """Encoder + attention decoder; ``call((features, captions_in))`` -> (logits, alphas)."""
+
+    def __init__(
+        self,
+        config: ModelConfig | dict[str, Any],
+        attention_penalty: float = 1.0,
+        clip_norm: float = 5.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = ModelConfig(**config)
+        self.model_config = config
+        self.attention_penalty = float(attention_penalty)
+        self.clip_norm = float(clip_norm)
+        self.encoder = CNNEncoder(config.embedding_dim, config.dropout, name="encoder")
+        self.decoder = Decoder(
+            vocab_size=config.vocab_size,
+            embedding_dim=config.embedding_dim,
+            units=config.units,
+            attention_units=config.attention_units,
+            dropout=config.dropout,
+            decoder=config.decoder,
+            attention=config.attention,
+            name="decoder",
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.token_loss_tracker = keras.metrics.Mean(name="token_loss")
+        self.penalty_tracker = keras.metrics.Mean(name="attention_penalty")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self._build_all()
+
+    def _build_all(self) -> None:
+        """Create every variable now, so weights can be loaded / checkpointed before training."""
+        cfg = self.model_config
+        features = tf.zeros([1, cfg.num_regions, cfg.feature_dim])
+        tokens = tf.ones([1, 2], tf.int32)
+        self((features, tokens), training=False)
+
+    @property
+    def state_size(self) -> int:
+        return self.decoder.state_size
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker, self.token_loss_tracker, self.penalty_tracker,
+                self.accuracy_tracker]
+
+    # -- forward ------------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        features, captions_in = inputs
+        encoded = self.encoder(features, training=training)
+        return self.decoder((encoded, captions_in), training=training)
+
+    def encode(self, features, training=False):
+        """[B, R, F] -> encoded regions [B, R, E]."""
+        return self.encoder(tf.convert_to_tensor(features), training=training)
+
+    def precompute_keys(self, encoded):
+        """W1·features, once per caption: [B, R, E] -> [B, R, A]."""
+        return self.decoder.precompute_keys(encoded)
+
+    def initial_state(self, encoded):
+        """[B, R, E] -> packed recurrent state [B, S] (S = units, or 2*units for LSTM)."""
+        return self.decoder.initial_state(encoded)
+
+    def decode_step(self, tokens, state, encoded, keys, training=False):
+        """One decoding step -> (logits [B, V] float32, state [B, S], alpha [B, R] float32)."""
+        return self.decoder.step(tokens, state, encoded, keys, training=training)
+
+    # -- loss ---------------------------------------------------------------------------
+    def compute_losses(self, features, captions, training=False):
+        """Teacher-forced losses for one (per-replica) batch.
+
+        Returns ``(loss, stats)``: ``loss`` is this replica's share of the global objective
+        (summing it over replicas gives the global-batch loss) and ``stats`` holds local sums
+        and counts for the metrics.
+        """
+        captions = tf.cast(captions, tf.int32)
+        inputs, labels = captions[:, :-1], captions[:, 1:]
+        logits, alphas = self((features, inputs), training=training)
+        mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        local_tokens = tf.reduce_sum(mask)
+        local_ce = tf.reduce_sum(ce * mask)
+        batch = tf.cast(tf.shape(captions)[0], tf.float32)
+        global_tokens = tf.maximum(_global_sum(local_tokens), 1.0)
+        global_batch = tf.maximum(_global_sum(batch), 1.0)
+
+        if self.decoder.attention_type == "bahdanau":
+            attended = tf.reduce_sum(alphas * mask[:, :, None], axis=1)  # [B, R]
+            per_caption = tf.reduce_sum(tf.square(1.0 - attended), axis=-1)  # [B]
+            local_penalty = tf.reduce_sum(per_caption)
+        else:  # uniform weights: the penalty is a constant, leave it out
+            local_penalty = tf.constant(0.0)
+
+        loss = local_ce / global_tokens + self.attention_penalty * local_penalty / global_batch
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32) * mask)
+        stats = {"ce": local_ce, "tokens": local_tokens, "penalty": local_penalty,
+                 "batch": batch, "correct": correct}
+        return loss, stats
+
+    def update_metrics(self, loss, stats) -> dict:
+        # Metric variables are summed across replicas on read, so feed local sums/counts;
+        # the total loss is all-reduced and weighted by the global batch on every replica.
+        global_batch = _global_sum(stats["batch"])
+        self.loss_tracker.update_state(_global_sum(loss), sample_weight=global_batch)
+        tokens = tf.maximum(stats["tokens"], 1e-9)
+        self.token_loss_tracker.update_state(stats["ce"] / tokens, sample_weight=stats["tokens"])
+        self.accuracy_tracker.update_state(stats["correct"] / tokens,
+                                           sample_weight=stats["tokens"])
+        batch = tf.maximum(stats["batch"], 1e-9)
+        self.penalty_tracker.update_state(stats["penalty"] / batch, sample_weight=stats["batch"])
+        return {m.name: m.result() for m in self.metrics}
+
+    # -- steps --------------------------------------------------------------------------
+    def train_step(self, data):
+        features, captions = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss, stats = self.compute_losses(features, captions, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        grads = self.clip_gradients(grads, variables, self.optimizer)
+        self.optimizer.apply(grads, variables)
+        return self.update_metrics(loss, stats)
+
+    def clip_gradients(self, grads, variables, optimizer):
+        """Clip the GLOBAL (all-replica, unscaled) gradient by norm ``clip_norm``."""
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables, strict=True)]
+        if self.clip_norm <= 0:
+            return grads
+        scale = getattr(optimizer, "dynamic_scale", None)  # LossScaleOptimizer
+        limit = self.clip_norm if scale is None else self.clip_norm * tf.cast(scale, tf.float32)
+        replicas = _num_replicas()
+        if replicas > 1:
+            # The optimizer sums replica gradients after we return; clip the sum first and
+            # hand back 1/R of it so that sum is the clipped global gradient.
+            grads = _global_sum(grads)
+            grads, _ = tf.clip_by_global_norm(grads, limit)
+            return [g / replicas for g in grads]
+        grads, _ = tf.clip_by_global_norm(grads, limit)
+        return grads
+
+    def test_step(self, data):
+        features, captions = data[0], data[1]
+        loss, stats = self.compute_losses(features, captions, training=False)
+        return self.update_metrics(loss, stats)
+
+    # -- serialisation ------------------------------------------------------------------
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "config": dataclasses.asdict(self.model_config),
+            "attention_penalty": self.attention_penalty,
+            "clip_norm": self.clip_norm,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Captioner:
+        return cls(**config)

@@ -1,0 +1,105 @@
+"""The demo end to end on a tiny setting, its resume behaviour, and the localisation metric."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from icapnet import demo
+from icapnet.errors import IcapnetError
+
+TINY = ["--num-images", "16", "--epochs", "1", "--units", "8", "--embedding-dim", "8",
+        "--attention-units", "8", "--batch-size", "16", "--beam", "2", "--show", "2",
+        "--no-coco"]
+
+
+def test_box_coverage_is_area_fraction_per_cell():
+    # 224 px image, 16 px cells: a box covering cells (1,1) fully and half of (1,2).
+    cover = demo.box_coverage([16, 16, 40, 32], 224, 224)
+    assert cover.shape == (14, 14)
+    assert cover[1, 1] == pytest.approx(1.0)
+    assert cover[1, 2] == pytest.approx(0.5)
+    assert cover.sum() == pytest.approx(24 * 16 / 256)
+    # Non-square images map by relative position.
+    assert demo.box_coverage([0, 0, 50, 100], 100, 200)[:7, :7].min() == pytest.approx(1.0)
+
+
+def test_attention_in_box_picks_the_named_object():
+    objects = [
+        {"shape": "circle", "color": "red", "size": "small", "box": [0, 0, 112, 112]},
+        {"shape": "circle", "color": "blue", "size": "large", "box": [112, 112, 224, 224]},
+        {"shape": "square", "color": "red", "size": "small", "box": [112, 0, 224, 112]},
+    ]
+    words = ["a", "small", "red", "circle", "and", "a", "large", "blue", "circle", "and",
+             "a", "triangle"]
+    att = np.zeros((len(words), 14, 14), np.float32)
+    att[3, :7, :7] = 1.0 / 49  # "circle" (red, small): all mass in the top-left quadrant
+    att[8, :7, :7] = 0.5 / 49  # "circle" (blue, large): half in the wrong quadrant ...
+    att[8, 7:, 7:] = 0.5 / 49  # ... half in its own box
+    shares, unmatched = demo.attention_in_box(words, att, objects, (224, 224))
+    assert shares == pytest.approx([1.0, 0.5])
+    assert unmatched == 1  # "triangle" names nothing in this scene
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert demo.main(["--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "BLEU-4" in printed and str(out / "attention") in printed
+
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    for beam in ("beam1", "beam2"):
+        assert 0.0 <= metrics["test"][beam]["BLEU-4"] <= 1.0
+        assert metrics["test"][beam]["num_images"] >= 1
+    records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["reference"] for r in records)
+    for record in records:
+        assert record["caption"].strip()
+        png = record["attention_png"]
+        with Image.open(png) as img:  # one panel per word of the caption
+            assert int(img.info["Panels"]) == len(record["words"])
+        assert np.load(record["attention_npz"])["attention"].shape[1:] == (14, 14)
+    summary = json.loads((out / demo.SUMMARY_FILE).read_text())
+    assert set(summary["attention_localisation"]) == {"beam1", "beam2"}
+    assert summary["outputs"]["model"] == str(out / "model")
+    assert (out / "model" / "loss.png").is_file()
+
+    # Re-running reuses scenes, cache and the finished model: no new epoch, same weights.
+    weights = _h5_arrays(out / "model" / "model.weights.h5")
+    history = (out / "model" / "history.csv").read_text()
+    assert demo.main(["--out", str(out), *TINY, "--beam", "1", "--show", "0"]) == 0
+    assert (out / "model" / "history.csv").read_text() == history
+    again = _h5_arrays(out / "model" / "model.weights.h5")
+    assert again.keys() == weights.keys()
+    assert all(np.array_equal(again[k], weights[k]) for k in weights)
+
+    # Other data settings on the same folder: a one-line error, nothing overwritten.
+    with pytest.raises(IcapnetError, match="other settings"):
+        demo.main(["--out", str(out), *TINY, "--seed", "5"])
+
+
+def _h5_arrays(path) -> dict[str, np.ndarray]:
+    import h5py
+
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def test_demo_rejects_bad_flags(tmp_path):
+    with pytest.raises(IcapnetError, match="--data-dir"):
+        demo.main(["--out", str(tmp_path / "x"), "--dataset", "flickr8k"])
+    with pytest.raises(IcapnetError, match="--epochs"):
+        demo.main(["--out", str(tmp_path / "x"), "--epochs", "0"])
+    with pytest.raises(IcapnetError, match="--not-a-flag"):
+        demo.main(["--out", str(tmp_path / "x"), "--not-a-flag", "3"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file.txt").write_text("mine")
+    with pytest.raises(IcapnetError, match="not a demo run folder"):
+        demo.main(["--out", str(tmp_path / "busy"), *TINY])

@@ -1,0 +1,266 @@
+"""Captioner layers, masked loss, teacher forcing vs step decoding, overfitting, serialisation."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from icapnet.config import Config, ModelConfig, TrainConfig
+from icapnet.data.text import Vocabulary
+from icapnet.errors import IcapnetError
+from icapnet.model import (
+    BahdanauAttention,
+    Captioner,
+    CNNEncoder,
+    Decoder,
+    MeanAttention,
+    load_model_dir,
+    masked_token_loss,
+    save_model_dir,
+)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+R, F = 12, 10  # tiny "regions x channels" keeps every test fast
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    values = dict(vocab_size=20, embedding_dim=16, units=24, attention_units=12, dropout=0.0,
+                  num_regions=R, feature_dim=F, max_length=12)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def padded_batch() -> tuple[tf.Tensor, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(size=(3, R, F)).astype(np.float32))
+    captions = tf.constant([[1, 5, 6, 7, 2, 0, 0],
+                            [1, 8, 2, 0, 0, 0, 0],
+                            [1, 9, 9, 10, 11, 12, 2]], tf.int32)
+    return features, captions
+
+
+def test_layer_shapes_and_attention_sums_to_one():
+    features = tf.random.normal([4, R, F])
+    encoded = CNNEncoder(16, dropout=0.5)(features, training=True)
+    assert encoded.shape == (4, R, 16)
+    assert float(tf.reduce_min(encoded)) >= 0.0  # ReLU
+
+    attention = BahdanauAttention(8)
+    keys = attention.precompute_keys(encoded)
+    context, alpha = attention(encoded, keys, tf.random.normal([4, 24]))
+    assert keys.shape == (4, R, 8) and context.shape == (4, 16) and alpha.shape == (4, R)
+    np.testing.assert_allclose(tf.reduce_sum(alpha, -1).numpy(), 1.0, atol=1e-5)
+    assert float(tf.math.reduce_std(alpha)) > 0  # not uniform: it depends on the inputs
+    expected = tf.reduce_sum(alpha[:, :, None] * encoded, 1)
+    np.testing.assert_allclose(context.numpy(), expected.numpy(), atol=1e-5)
+
+    mean = MeanAttention()
+    context, alpha = mean(encoded, mean.precompute_keys(encoded), tf.zeros([4, 24]))
+    np.testing.assert_allclose(alpha.numpy(), 1.0 / R, atol=1e-7)
+    np.testing.assert_allclose(context.numpy(), tf.reduce_mean(encoded, 1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,units_factor", [("gru", 1), ("lstm", 2)])
+def test_decoder_and_captioner_api_shapes(cell, units_factor):
+    model = Captioner(tiny_config(decoder=cell))
+    features, captions = padded_batch()
+    logits, alphas = model((features, captions[:, :-1]))
+    assert logits.shape == (3, 6, 20) and logits.dtype == tf.float32
+    assert alphas.shape == (3, 6, R)
+    np.testing.assert_allclose(tf.reduce_sum(alphas, -1).numpy(), 1.0, atol=1e-5)
+
+    encoded = model.encode(features)
+    keys = model.precompute_keys(encoded)
+    state = model.initial_state(encoded)
+    assert encoded.shape == (3, R, 16) and keys.shape == (3, R, 12)
+    assert state.shape == (3, 24 * units_factor) == (3, model.state_size)
+    step_logits, new_state, alpha = model.decode_step(captions[:, 0], state, encoded, keys)
+    assert step_logits.shape == (3, 20) and new_state.shape == state.shape
+    assert alpha.shape == (3, R)
+    assert isinstance(model.decoder, Decoder)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell):
+    model = Captioner(tiny_config(decoder=cell))
+    features, captions = padded_batch()
+    inputs = captions[:, :-1]
+
+    calls = []
+    w1 = model.decoder.attention.W1
+    original = w1.call
+    w1.call = lambda x, *a, **k: (calls.append(1), original(x, *a, **k))[1]
+    try:
+        logits, alphas = model((features, inputs))  # eager: the loop body runs per step
+    finally:
+        w1.call = original
+    assert len(calls) == 1, "W1·features must be computed once per caption, not per step"
+
+    encoded = model.encode(features)
+    keys = model.precompute_keys(encoded)
+    state = model.initial_state(encoded)
+    for t in range(inputs.shape[1]):
+        step_logits, state, alpha = model.decode_step(inputs[:, t], state, encoded, keys)
+        np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-4)
+        np.testing.assert_allclose(alpha.numpy(), alphas[:, t].numpy(), atol=1e-5)
+
+
+def _np_ce(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+
+def test_masked_loss_matches_hand_computation():
+    rng = np.random.default_rng(1)
+    labels = np.array([[4, 5, 2, 0, 0], [6, 2, 0, 0, 0], [7, 8, 9, 10, 2]], np.int32)
+    logits = rng.normal(size=(3, 5, 12)).astype(np.float32)
+    mask = labels != 0
+    expected = _np_ce(labels, logits)[mask].sum() / mask.sum()  # 10 real tokens, not 15
+    got = float(masked_token_loss(labels, logits))
+    assert got == pytest.approx(expected, rel=1e-5)
+    naive = _np_ce(labels, logits).mean()  # the tutorial's bug: pads in the denominator
+    assert abs(got - naive) > 1e-3
+
+
+def test_total_loss_includes_penalty_over_real_steps_only():
+    model = Captioner(tiny_config(), attention_penalty=0.7)
+    features, captions = padded_batch()
+    loss, stats = model.compute_losses(features, captions)
+    logits, alphas = model((features, captions[:, :-1]))
+    labels = captions[:, 1:].numpy()
+    mask = labels != 0
+    token = _np_ce(labels, logits.numpy())[mask].sum() / mask.sum()
+    attended = (alphas.numpy() * mask[:, :, None]).sum(1)  # pads do not count as looking
+    penalty = ((1.0 - attended) ** 2).sum(-1).mean()
+    assert float(loss) == pytest.approx(token + 0.7 * penalty, rel=1e-5)
+    assert float(stats["tokens"]) == mask.sum()
+
+
+def _greedy(model: Captioner, features, max_length: int) -> np.ndarray:
+    encoded = model.encode(features)
+    keys = model.precompute_keys(encoded)
+    state = model.initial_state(encoded)
+    tokens = tf.fill([features.shape[0]], Vocabulary.start_id)
+    out = []
+    for _ in range(max_length):
+        logits, state, _ = model.decode_step(tokens, state, encoded, keys)
+        tokens = tf.argmax(logits, -1, output_type=tf.int32)
+        out.append(tokens.numpy())
+    return np.stack(out, 1)
+
+
+def test_tiny_model_overfits_eight_captions_and_decodes_them():
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    vocab_size, n = 20, 8
+    features = rng.normal(size=(n, R, F)).astype(np.float32)
+    lengths = [3, 5, 4, 6, 2, 5, 7, 4]
+    captions = np.zeros((n, 9), np.int32)
+    targets = []
+    for i, length in enumerate(lengths):
+        words = rng.integers(4, vocab_size, size=length)
+        targets.append([*words.tolist(), Vocabulary.end_id])
+        captions[i, : length + 2] = [Vocabulary.start_id, *words, Vocabulary.end_id]
+    model = Captioner(tiny_config(units=48, embedding_dim=24), attention_penalty=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    history = model.fit(features, captions, batch_size=8, epochs=150, verbose=0)
+    assert history.history["token_loss"][-1] < 0.05
+    assert history.history["accuracy"][-1] == pytest.approx(1.0)
+
+    decoded = _greedy(model, tf.constant(features), 9)
+    for i, target in enumerate(targets):
+        assert list(decoded[i, : len(target)]) == target, f"caption {i}"
+    try:
+        from icapnet.inference.decoding import greedy_decode
+    except ImportError:
+        return
+    result = greedy_decode(model, tf.constant(features), 9)
+    tokens = np.asarray(result.tokens)
+    for i, target in enumerate(targets):
+        assert list(tokens[i, : len(target)]) == target
+
+
+def test_variable_caption_lengths_do_not_retrace():
+    model = Captioner(tiny_config())
+    traces = []
+    original = model.compute_losses
+
+    def counting(*args, **kwargs):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return original(*args, **kwargs)
+
+    model.compute_losses = counting
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+
+    def dataset(lengths):
+        def batches():
+            for length in lengths:
+                caps = np.zeros((2, length), np.int32)
+                caps[:, 0], caps[:, 1:-1], caps[:, -1] = 1, 5, 2
+                yield np.random.rand(2, R, F).astype(np.float32), caps
+
+        return tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec([None, R, F], tf.float32), tf.TensorSpec([None, None], tf.int32)))
+
+    model.fit(dataset([4, 7]), epochs=1, verbose=0)
+    first = len(traces)  # tf.function may trace twice on the call that creates variables
+    model.fit(dataset([5, 9, 12, 3]), epochs=2, verbose=0)
+    assert len(traces) == first <= 2
+
+
+def test_mixed_precision_train_step_keeps_logits_and_loss_float32():
+    features, captions = padded_batch()
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = Captioner(tiny_config(decoder="lstm"))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.decoder.cell.compute_dtype == "float16"
+        logits, alphas = model((features, captions[:, :-1]))
+        assert logits.dtype == tf.float32 and alphas.dtype == tf.float32
+        before = [w.copy() for w in model.get_weights()]
+        logs = model.train_on_batch(features, captions, return_dict=True)
+        assert np.isfinite(logs["loss"])
+        changed = [not np.array_equal(a, b)
+                   for a, b in zip(before, model.get_weights(), strict=True)]
+        assert any(changed)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
+    features, captions = padded_batch()
+    model = Captioner(tiny_config(attention="none", decoder="lstm"), attention_penalty=0.3)
+    inputs = (features, captions[:, :-1])
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert again.attention_penalty == 0.3 and again.model_config.attention == "none"
+    np.testing.assert_allclose(again(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
+    for layer in (CNNEncoder(8, 0.1), BahdanauAttention(4), MeanAttention(),
+                  Decoder(30, 8, 16, 4, 0.2, "lstm", "none")):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+    vocab = Vocabulary(list(Vocabulary.SPECIALS) + [f"w{i}" for i in range(16)])
+    config = Config(model=model.model_config, train=TrainConfig(attention_penalty=0.3))
+    out = save_model_dir(tmp_path / "dir", model, vocab, config)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "vocab.json", "model.weights.h5", "model.keras"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temp leftovers
+    loaded, loaded_vocab, loaded_config = load_model_dir(out)
+    assert loaded_vocab == vocab and loaded_config.model == model.model_config
+    np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
+
+
+def test_load_model_dir_errors_name_the_path(tmp_path):
+    with pytest.raises(IcapnetError, match="nowhere"):
+        load_model_dir(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IcapnetError, match=r"empty.*config\.json"):
+        load_model_dir(tmp_path / "empty")

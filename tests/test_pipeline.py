@@ -1,0 +1,132 @@
+"""tf.data pipelines over the feature cache: pairs, per-batch padding, shuffling, eval order."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from icapnet.config import DataConfig, FeatureConfig
+from icapnet.data.datasets import load_dataset
+from icapnet.data.features import build_cache, open_cache
+from icapnet.data.pipeline import (
+    count_pairs,
+    make_dataset,
+    make_image_dataset,
+    steps_per_epoch,
+)
+from icapnet.errors import IcapnetError
+
+WORDS = ["red", "green", "blue", "circle", "square", "triangle", "left", "right", "of", "the", "a"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(synthetic_scenes_dir, tmp_path_factory):
+    """12 scenes whose captions have lengths 1..12 words (3 captions per image)."""
+    ds = load_dataset("synthetic", synthetic_scenes_dir)
+    rng = np.random.default_rng(0)
+    captions = {
+        image_id: [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 13)))) for _ in range(3)]
+        for image_id in ds.images
+    }
+    ds = dataclasses.replace(ds, captions=captions)
+    out = tmp_path_factory.mktemp("pipe") / "cache"
+    build_cache(ds, out, FeatureConfig(weights="none", image_size=32), DataConfig(min_count=1),
+                batch_size=6, shard_size=4, progress=False)
+    return out
+
+
+def _expected_pairs(cache, split):
+    feats = dict(cache.read_features(split))
+    key = {image_id: f.tobytes() for image_id, f in feats.items()}
+    pairs = collections.Counter()
+    for image_id, caps in cache.captions[split].items():
+        for c in caps:
+            pairs[(key[image_id], tuple(cache.vocab.encode(c)))] += 1
+    return pairs
+
+
+def _epoch(ds):
+    pairs = collections.Counter()
+    order = []
+    for feats, caps in ds:
+        for f, c in zip(feats.numpy(), caps.numpy(), strict=True):
+            tokens = tuple(int(t) for t in c if t != 0)
+            pairs[(f.astype(np.float16).tobytes(), tokens)] += 1
+            order.append(tokens)
+    return pairs, order
+
+
+def test_batches_shapes_dtypes_and_own_padding(cache_dir):
+    cache = open_cache(cache_dir)
+    ds = make_dataset(cache_dir, "train", batch_size=5, seed=1)
+    spec_f, spec_c = ds.element_spec
+    assert spec_f.dtype == tf.float32 and spec_c.dtype == tf.int32
+    widths = set()
+    for feats, caps in ds:
+        caps = caps.numpy()
+        assert feats.shape[1:] == (4, 512) and feats.shape[0] == caps.shape[0]
+        lengths = (caps != 0).sum(axis=1)
+        assert caps.shape[1] == lengths.max()  # padded to this batch's own longest caption
+        assert (caps[:, 0] == cache.vocab.start_id).all()
+        assert all(caps[i, n - 1] == cache.vocab.end_id for i, n in enumerate(lengths))
+        widths.add(caps.shape[1])
+    assert len(widths) > 1  # not one global length
+
+
+def test_one_epoch_holds_every_image_caption_pair_once(cache_dir):
+    cache = open_cache(cache_dir)
+    pairs, _ = _epoch(make_dataset(cache_dir, "train", batch_size=7, seed=3))
+    assert pairs == _expected_pairs(cache, "train")
+    assert sum(pairs.values()) == count_pairs(cache_dir, "train") == cache.num_captions("train")
+
+
+def test_shuffle_is_seeded_and_changes_every_epoch(cache_dir):
+    a = make_dataset(cache_dir, "train", batch_size=4, seed=5, shuffle_buffer=64)
+    b = make_dataset(cache_dir, "train", batch_size=4, seed=5, shuffle_buffer=64)
+    first, second = _epoch(a)[1], _epoch(a)[1]
+    assert _epoch(b)[1] == first  # same seed, same order
+    assert second != first  # re-shuffled for the next epoch
+    other = _epoch(make_dataset(cache_dir, "train", batch_size=4, seed=6))[1]
+    assert other != first
+    unshuffled = make_dataset(cache_dir, "train", batch_size=4, shuffle=False)
+    assert _epoch(unshuffled)[1] == _epoch(unshuffled)[1]
+
+
+def test_repeat_drop_remainder_and_steps(cache_dir):
+    n = count_pairs(cache_dir, "train")
+    ds = make_dataset(cache_dir, "train", batch_size=8, repeat=True, drop_remainder=True)
+    assert ds.element_spec[0].shape[0] == 8
+    assert sum(1 for _ in ds.take(n)) == n  # endless: more batches than one epoch holds
+    assert steps_per_epoch(cache_dir, "train", 8) == -(-n // 8)
+    assert steps_per_epoch(cache_dir, "train", 8, drop_remainder=True) == n // 8
+    once = make_dataset(cache_dir, "train", batch_size=8, drop_remainder=True)
+    assert sum(1 for _ in once) == n // 8
+
+
+def test_image_dataset_one_element_per_image(cache_dir):
+    cache = open_cache(cache_dir)
+    ids, rows = [], []
+    for image_id, feats in make_image_dataset(cache_dir, "test", batch_size=1):
+        assert image_id.dtype == tf.string and feats.dtype == tf.float32
+        ids += [i.decode() for i in image_id.numpy()]
+        rows += list(feats.numpy())
+    expected = dict(cache.read_features("test"))
+    assert ids == cache.image_ids("test") and sorted(ids) == sorted(expected)
+    for image_id, row in zip(ids, rows, strict=True):
+        np.testing.assert_array_equal(row, expected[image_id].astype(np.float32))
+
+
+def test_missing_split_and_incomplete_cache_are_errors(cache_dir, tmp_path):
+    with pytest.raises(IcapnetError, match="no 'restval' images"):
+        make_dataset(cache_dir, "restval", batch_size=2)
+    broken = tmp_path / "c"
+    broken.mkdir()
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(IcapnetError, match="incomplete"):
+        make_dataset(broken, "train", batch_size=2)
