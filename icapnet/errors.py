@@ -10,7 +10,9 @@ class IcapnetError(Exception):
     """A problem with the user's input (file, flag, model) rather than a bug in icapnet."""
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """Run a subcommand's ``main`` so that input problems end in one line and a non-zero exit."""
     try:
         code = main(argv)
