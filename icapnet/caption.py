@@ -32,7 +32,7 @@ from typing import Any
 
 from icapnet.config import CONFIG_FILE
 from icapnet.data.images import is_image_file, load_image
-from icapnet.errors import IcapnetError, run_cli
+from icapnet.errors import IcapnetError, require_positive, run_cli
 
 DEFAULT_MODELS_DIR = Path("saved_models")
 _GLOB_CHARS = set("*?[")
@@ -147,11 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("beam", "batch_size"):
-        if getattr(args, name) < 1:
-            raise IcapnetError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_length is not None and args.max_length < 1:
-        raise IcapnetError("--max-length must be at least 1")
+    require_positive(args, "beam", "batch_size", optional=("max_length",))
     model_dir = resolve_model(args.model)
     paths, errors = expand_inputs(args.images)
     for message in errors:

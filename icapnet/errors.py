@@ -23,3 +23,13 @@ def run_cli(
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def require_positive(args: object, *names: str, optional: tuple[str, ...] = ()) -> None:
+    """Reject CLI counts below 1 (``optional`` ones may also be None) with a one-line error."""
+    for name in (*names, *optional):
+        value = getattr(args, name)
+        if value is None and name in optional:
+            continue
+        if value < 1:
+            raise IcapnetError(f"--{name.replace('_', '-')} must be at least 1")

@@ -27,7 +27,7 @@ from typing import Any
 
 from icapnet.caption import resolve_model
 from icapnet.config import Config
-from icapnet.errors import IcapnetError, run_cli
+from icapnet.errors import IcapnetError, require_positive, run_cli
 from icapnet.io import atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -131,11 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("beam", "batch_size"):
-        if getattr(args, name) < 1:
-            raise IcapnetError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_length is not None and args.max_length < 1:
-        raise IcapnetError("--max-length must be at least 1")
+    require_positive(args, "beam", "batch_size", optional=("max_length",))
     model_dir = resolve_model(args.model)
     try:
         config = Config.load(model_dir)
