@@ -30,7 +30,9 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from icapnet.config import DataConfig, FeatureConfig
+from icapnet.data.datasets import SPLITS
 from icapnet.data.images import load_image_bytes
+from icapnet.data.text import VOCAB_FILE
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path, atomic_write_text
 
@@ -43,9 +45,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 CAPTIONS_FILE = "captions.json"
 BOXES_FILE = "boxes.json"
-VOCAB_FILE = "vocab.json"
 FEATURES_DIR = "features"
-SPLITS = ("train", "val", "test")
 CACHE_DTYPE = "float16"
 CACHE_VERSION = 1
 DEFAULT_SHARD_SIZE = 256
