@@ -42,6 +42,8 @@ class ModelConfig:
     dropout: float = 0.5
     decoder: str = "gru"  # "gru" | "lstm"
     attention: str = "bahdanau"  # "bahdanau" | "none" (mean-pooled baseline)
+    deep_output: bool = True  # attention context also feeds the word projection (SAT's L_z)
+    init_state: str = "zeros"  # "zeros" (image only via attention) | "mean" (Show-Attend-Tell)
     num_regions: int = 196
     feature_dim: int = 512
     max_length: int = 40  # longest caption the decoder will write, <end> included

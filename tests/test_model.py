@@ -86,8 +86,25 @@ def test_decoder_and_captioner_api_shapes(cell, units_factor):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell):
-    model = Captioner(tiny_config(decoder=cell))
+def test_initial_state_zeros_or_from_mean_region(cell):
+    features, _ = padded_batch()
+    zeros = Captioner(tiny_config(decoder=cell, init_state="zeros"))
+    state = zeros.initial_state(zeros.encode(features))
+    assert state.shape == (3, zeros.state_size) and not np.any(state.numpy())
+    assert not [w for w in zeros.decoder.weights if "init_" in w.path]  # nothing to learn
+
+    mean = Captioner(tiny_config(decoder=cell, init_state="mean"))
+    state = mean.initial_state(mean.encode(features)).numpy()
+    assert state.shape == (3, mean.state_size)
+    assert np.abs(state[0] - state[1]).max() > 1e-4  # depends on the image
+    with pytest.raises(ValueError, match="init_state"):
+        Decoder(30, init_state="learned")
+
+
+@pytest.mark.parametrize("cell,init", [("gru", "zeros"), ("lstm", "zeros"), ("gru", "mean"),
+                                       ("lstm", "mean")])
+def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init):
+    model = Captioner(tiny_config(decoder=cell, init_state=init))
     features, captions = padded_batch()
     inputs = captions[:, :-1]
 
@@ -137,7 +154,7 @@ def test_total_loss_includes_penalty_over_real_steps_only():
     mask = labels != 0
     token = _np_ce(labels, logits.numpy())[mask].sum() / mask.sum()
     attended = (alphas.numpy() * mask[:, :, None]).sum(1)  # pads do not count as looking
-    penalty = ((1.0 - attended) ** 2).sum(-1).mean()
+    penalty = ((1.0 - attended) ** 2).mean(-1).mean()  # mean over regions, then captions
     assert float(loss) == pytest.approx(token + 0.7 * penalty, rel=1e-5)
     assert float(stats["tokens"]) == mask.sum()
 
@@ -236,14 +253,15 @@ def test_mixed_precision_train_step_keeps_logits_and_loss_float32():
 
 def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
     features, captions = padded_batch()
-    model = Captioner(tiny_config(attention="none", decoder="lstm"), attention_penalty=0.3)
+    model = Captioner(tiny_config(attention="none", decoder="lstm", init_state="mean"),
+                      attention_penalty=0.3)
     inputs = (features, captions[:, :-1])
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     assert again.attention_penalty == 0.3 and again.model_config.attention == "none"
     np.testing.assert_allclose(again(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
     for layer in (CNNEncoder(8, 0.1), BahdanauAttention(4), MeanAttention(),
-                  Decoder(30, 8, 16, 4, 0.2, "lstm", "none")):
+                  Decoder(30, 8, 16, 4, 0.2, "lstm", "none", "zeros")):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
 

@@ -217,6 +217,7 @@ def _build_base(spec: Backbone, weights: str | None, size: int) -> keras.Model:
     base = spec.constructor(include_top=False, weights=None, input_shape=shape)
     if weights is None:
         _deterministic_init(base, NONE_WEIGHTS_SEED)
+        _unit_output_scale(base, NONE_WEIGHTS_SEED)
     else:
         _load_weights_file(base, weights)
     return base
@@ -259,6 +260,29 @@ def _deterministic_init(model: keras.Model, seed: int) -> None:
             std = np.sqrt(2.0 / max(fan_in, 1))
             value = (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
         var.assign(value)
+
+
+def _unit_output_scale(model: keras.Model, seed: int) -> None:
+    """Rescale the first kernel so a random backbone's outputs have RMS ~1 on image-like input.
+
+    He-normal keeps the scale of a 0..255-range input through the ReLU stack, so random VGG16
+    features come out with mean ~40 and std ~60: a freshly initialised captioner then
+    saturates and learns slowly. With zero biases a ReLU/max-pool network is positively
+    homogeneous, so dividing the first kernel by the output RMS divides every feature by the
+    same number (exactly for VGG16; approximately for batch-norm/ReLU6 backbones). The RMS is
+    rounded to 3 significant digits so tiny float differences between processes cannot leak
+    into the weights.
+    """
+    height, width, channels = model.input_shape[1:]
+    # Smooth noise (an 8x8 grid, upsampled) has roughly the spectrum of a photo; white noise
+    # would excite the random filters ~2.5x more than real images do.
+    coarse = np.random.default_rng(seed).uniform(-128.0, 128.0, (2, 8, 8, channels))
+    probe = tf.image.resize(coarse.astype(np.float32), (height, width), method="bilinear")
+    rms = float(np.sqrt(np.mean(np.square(model(probe, training=False).numpy()))))
+    if not np.isfinite(rms) or rms <= 0:
+        return
+    first = next(v for v in model.weights if v.path.endswith("kernel"))
+    first.assign(first.numpy() / float(f"{rms:.3g}"))
 
 
 def extractor_image_size(extractor: keras.Model) -> int:

@@ -66,6 +66,8 @@ class Captioner(keras.Model):
             dropout=config.dropout,
             decoder=config.decoder,
             attention=config.attention,
+            init_state=config.init_state,
+            deep_output=config.deep_output,
             name="decoder",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -133,7 +135,9 @@ class Captioner(keras.Model):
 
         if self.decoder.attention_type == "bahdanau":
             attended = tf.reduce_sum(alphas * mask[:, :, None], axis=1)  # [B, R]
-            per_caption = tf.reduce_sum(tf.square(1.0 - attended), axis=-1)  # [B]
+            # Mean (not sum) over regions: summed over 196 regions the term is ~170 and
+            # swamps the per-token cross-entropy (~1-3), flattening every attention map.
+            per_caption = tf.reduce_mean(tf.square(1.0 - attended), axis=-1)  # [B]
             local_penalty = tf.reduce_sum(per_caption)
         else:  # uniform weights: the penalty is a constant, leave it out
             local_penalty = tf.constant(0.0)

@@ -15,6 +15,7 @@ import tensorflow as tf
 PACKAGE = "icapnet"
 DECODERS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "none")
+INIT_STATES = ("zeros", "mean")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -98,8 +99,16 @@ class MeanAttention(keras.layers.Layer):
 class Decoder(keras.layers.Layer):
     """Word embedding -> concat(context, word) -> GRU|LSTM -> Dense -> dropout -> vocab logits.
 
-    The initial state comes from the mean encoded region (Show-Attend-Tell). Logits are
-    always float32, so the loss stays float32 under ``mixed_float16``.
+    ``deep_output`` feeds this step's attention context straight into the output layer next
+    to the cell output (Show-Attend-Tell's ``L_z z_t`` term): the word being written can then
+    be read off the region being looked at, so attention has a reason to be on that region
+    *now* rather than a step earlier with the answer memorised in the state.
+    ``init_state="zeros"`` starts every caption from a zero state (the ICapNet / TensorFlow
+    tutorial recipe): the image then reaches the decoder only through attention, which is
+    what makes the attention maps point at the thing being named. ``"mean"`` derives the
+    state from the mean encoded region (Show-Attend-Tell); the decoder can then read the whole
+    scene from its first state and attention maps tend to stay diffuse. Logits are always
+    float32, so the loss stays float32 under ``mixed_float16``.
     """
 
     def __init__(
@@ -111,9 +120,13 @@ class Decoder(keras.layers.Layer):
         dropout: float = 0.5,
         decoder: str = "gru",
         attention: str = "bahdanau",
+        init_state: str = "mean",
+        deep_output: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if init_state not in INIT_STATES:
+            raise ValueError(f"init_state must be one of {INIT_STATES}, got {init_state!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if attention not in ATTENTIONS:
@@ -127,6 +140,8 @@ class Decoder(keras.layers.Layer):
         self.dropout_rate = float(dropout)
         self.decoder_type = decoder
         self.attention_type = attention
+        self.init_state = init_state
+        self.deep_output = bool(deep_output)
 
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embedding_dim,
                                                 name="embedding")
@@ -138,9 +153,11 @@ class Decoder(keras.layers.Layer):
             self.cell = keras.layers.GRUCell(self.units, name="gru_cell")
         else:
             self.cell = keras.layers.LSTMCell(self.units, name="lstm_cell")
-        self.init_h = keras.layers.Dense(self.units, activation="tanh", name="init_h")
+        learned = init_state == "mean"
+        self.init_h = (keras.layers.Dense(self.units, activation="tanh", name="init_h")
+                       if learned else None)
         self.init_c = (keras.layers.Dense(self.units, activation="tanh", name="init_c")
-                       if decoder == "lstm" else None)
+                       if learned and decoder == "lstm" else None)
         self.fc1 = keras.layers.Dense(self.units, name="fc1")
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
         # float32 logits even under a mixed policy: softmax / CE need the range.
@@ -156,6 +173,8 @@ class Decoder(keras.layers.Layer):
         return self.attention.precompute_keys(encoded)
 
     def initial_state(self, encoded):
+        if self.init_h is None:
+            return tf.zeros(tf.stack([tf.shape(encoded)[0], self.state_size]), encoded.dtype)
         mean = tf.reduce_mean(encoded, axis=1)
         h = self.init_h(mean)
         if self.init_c is None:
@@ -164,7 +183,11 @@ class Decoder(keras.layers.Layer):
 
     # -- per-step pieces ----------------------------------------------------------------
     def _recurrent_step(self, word, state, encoded, keys, training=False):
-        """One step before the output projection: -> (hidden out [B, U], state, alpha)."""
+        """One step before the output projection: -> (projection input, state, alpha).
+
+        The projection input is the cell output [B, U], or with ``deep_output`` the cell
+        output next to this step's context [B, U + E].
+        """
         hidden = state[:, : self.units]
         context, alpha = self.attention(encoded, keys, hidden)
         x = tf.concat([tf.cast(context, word.dtype), word], axis=-1)
@@ -174,10 +197,12 @@ class Decoder(keras.layers.Layer):
         else:
             out, (h, c) = self.cell(x, [hidden, state[:, self.units:]], training=training)
             new_state = tf.concat([h, c], axis=-1)
+        if self.deep_output:
+            out = tf.concat([out, tf.cast(context, out.dtype)], axis=-1)
         return out, new_state, alpha
 
     def project(self, hidden_out, training=False):
-        """Hidden outputs [..., U] -> float32 logits [..., V]."""
+        """Projection inputs [..., U] (or [..., U + E]) -> float32 logits [..., V]."""
         return self.fc2(self.dropout(self.fc1(hidden_out), training=training))
 
     def step(self, tokens, state, encoded, keys, training=False):
@@ -200,7 +225,7 @@ class Decoder(keras.layers.Layer):
         words = tf.transpose(self.embedding(tokens), [1, 0, 2])  # [T, B, E]
         steps = tf.shape(tokens)[1]
         words_ta = tf.TensorArray(words.dtype, size=steps).unstack(words)
-        outs_ta = tf.TensorArray(state.dtype, size=steps)
+        outs_ta = tf.TensorArray(encoded.dtype, size=steps)
         alphas_ta = tf.TensorArray(tf.float32, size=steps)
 
         def body(t, state, words_ta, outs_ta, alphas_ta):
@@ -227,4 +252,6 @@ class Decoder(keras.layers.Layer):
             "dropout": self.dropout_rate,
             "decoder": self.decoder_type,
             "attention": self.attention_type,
+            "init_state": self.init_state,
+            "deep_output": self.deep_output,
         }
