@@ -112,6 +112,7 @@ def build_report(args: argparse.Namespace, out: Path, summary: dict, seconds: fl
         results[key] = {
             **{k: metrics.get(k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")},
             "attention_in_box": loc.get("attention_in_box"),
+            "attention_in_box_phrase": loc.get("attention_in_box_phrase"),
             "shape_words": loc.get("shape_words"),
             "unmatched_shape_words": loc.get("unmatched_shape_words"),
             "num_images": metrics.get("num_images"),
@@ -154,15 +155,17 @@ def print_report(report: dict) -> None:
     print(f"quality on held-out synthetic scenes ({report['splits'].get('test')} test images, "
           f"{report['num_images']} scenes, {report['epochs_trained']} epochs, "
           f"{report['seconds'] / 60:.1f} min)\n")
-    keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "attention_in_box")
+    keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "attention_in_box",
+            "attention_in_box_phrase")
     names = list(report["results"])
-    print("metric".ljust(18) + "".join(n.rjust(10) for n in names) + "    target")
+    print("metric".ljust(24) + "".join(n.rjust(10) for n in names) + "    target")
     for k in keys:
         cells = "".join(
-            (f"{report['results'][n][k]:.4f}" if report["results"][n][k] is not None else "-")
+            (f"{report['results'][n][k]:.4f}" if report["results"][n].get(k) is not None
+             else "-")
             .rjust(10) for n in names)
         target = report["targets"].get(k)
-        print(k.ljust(18) + cells + (f"    >= {target}" if target else ""))
+        print(k.ljust(24) + cells + (f"    >= {target}" if target else ""))
     print(f"\nchance attention-in-box (uniform map): {report['chance_attention_in_box']:.4f}")
     for n in names:
         print(f"{n}: targets {'met' if report['results'][n]['targets_met'] else 'NOT met'}")

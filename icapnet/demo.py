@@ -68,6 +68,7 @@ def attention_in_box(
     objects: Sequence[Mapping[str, Any]],
     image_size: tuple[int, int],
     window: int = 3,
+    phrase: bool = False,
 ) -> tuple[list[float], int]:
     """Attention mass inside the named object's box, one value per shape word of a caption.
 
@@ -78,6 +79,9 @@ def attention_in_box(
     boxes are merged. Mass inside a box is ``sum(alpha * covered fraction of the cell)``.
     Returns ``(shares, unmatched)``: ``unmatched`` counts shape words naming no object in
     the scene (a wrong caption, not a localisation), which are left out of ``shares``.
+    With ``phrase=True`` each share is instead the mean over the steps of the whole phrase
+    (the size/colour words before the shape word, and the shape word itself): a decoder may
+    look at the object while writing its adjectives and carry the shape in its state.
     """
     att = np.asarray(attention, dtype=np.float32).reshape(len(attention), -1)
     grid = math.isqrt(att.shape[1])
@@ -101,7 +105,11 @@ def attention_in_box(
             unmatched += 1
             continue
         cover = np.max([box_coverage(o["box"], *image_size, grid=grid) for o in found], axis=0)
-        shares.append(float(np.sum(att[t].reshape(grid, grid) * cover)))
+        steps = [t]
+        if phrase:
+            steps += [s for s in range(max(0, t - window), t) if words[s] in colours | sizes]
+        shares.append(float(np.mean([np.sum(att[s].reshape(grid, grid) * cover)
+                                     for s in steps])))
     return shares, unmatched
 
 
@@ -140,6 +148,7 @@ def localisation_report(
     report: dict[str, dict[str, Any]] = {}
     for beam in beams:
         shares: list[float] = []
+        phrase_shares: list[float] = []
         unmatched = images = 0
         for raw_ids, features in make_image_dataset(cache_dir, split, batch_size):
             res = decode(model, features, beam, max_length).to_numpy()
@@ -155,9 +164,13 @@ def localisation_report(
                                                sizes[image_id])
                 shares += got
                 unmatched += missed
+                phrase_shares += attention_in_box(words, res.attention[k], boxes[image_id],
+                                                  sizes[image_id], phrase=True)[0]
                 images += 1
         report[f"beam{beam}"] = {
             "attention_in_box": float(np.mean(shares)) if shares else None,
+            # the same boxes, averaged over the size/colour/shape words of each phrase
+            "attention_in_box_phrase": float(np.mean(phrase_shares)) if phrase_shares else None,
             "shape_words": len(shares),
             "unmatched_shape_words": unmatched,
             "num_images": images,
@@ -437,7 +450,11 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
     if localisation:
         cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
                           f"{_fmt(localisation[f'beam{b}']['attention_in_box'])}" for b in beams)
-        print(f"\nattention in the named object's box  {cells}")
+        print(f"\nattention in the named object's box, at its shape word  {cells}")
+        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
+                          f"{_fmt(localisation[f'beam{b}'].get('attention_in_box_phrase'))}"
+                          for b in beams)
+        print(f"  ... averaged over its size/colour/shape words            {cells}")
     print("\noutputs")
     width = max(map(len, summary["outputs"]))
     for name, path in summary["outputs"].items():

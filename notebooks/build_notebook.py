@@ -130,7 +130,8 @@ run(prepare.main, "--dataset", DATASET, "--data-dir", DATA_DIR, "--out", CACHE,
 ## 4. Train
 
 The custom `train_step` runs teacher forcing over each batch (padded to its own longest
-caption) with the masked cross-entropy plus the doubly-stochastic attention penalty. On a GPU
+caption) with the cross-entropy masked to real tokens (the doubly-stochastic attention penalty
+of Show-Attend-Tell is available as `--attention-penalty`, off by default). On a GPU
 we switch on mixed precision (`mixed_float16`; the loss stays float32). Checkpoints are written
 every epoch, so re-running the cell after a disconnect continues where it stopped."""),
     ("code", """\

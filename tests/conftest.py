@@ -83,6 +83,7 @@ def tiny_model_dir(
             units=32,
             attention_units=16,
             dropout=0.0,
+            state_dropout=0.0,
             num_regions=grid**2,
             max_length=TINY_MAX_LENGTH,
         ),

@@ -42,6 +42,12 @@ def test_attention_in_box_picks_the_named_object():
     shares, unmatched = demo.attention_in_box(words, att, objects, (224, 224))
     assert shares == pytest.approx([1.0, 0.5])
     assert unmatched == 1  # "triangle" names nothing in this scene
+    # phrase mode also averages the adjective steps: "small", "red" looked elsewhere (0),
+    # "large" looked fully at the blue circle, "blue" half
+    att[6, 7:, 7:] = 1.0 / 49
+    att[7, 7:, 7:] = 0.5 / 49
+    shares, _ = demo.attention_in_box(words, att, objects, (224, 224), phrase=True)
+    assert shares == pytest.approx([1.0 / 3, (0.5 + 1.0 + 0.5) / 3])
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ R, F = 12, 10  # tiny "regions x channels" keeps every test fast
 
 def tiny_config(**overrides) -> ModelConfig:
     values = dict(vocab_size=20, embedding_dim=16, units=24, attention_units=12, dropout=0.0,
-                  num_regions=R, feature_dim=F, max_length=12)
+                  num_regions=R, feature_dim=F, max_length=12, state_dropout=0.0)
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -101,10 +101,11 @@ def test_initial_state_zeros_or_from_mean_region(cell):
         Decoder(30, init_state="learned")
 
 
-@pytest.mark.parametrize("cell,init", [("gru", "zeros"), ("lstm", "zeros"), ("gru", "mean"),
-                                       ("lstm", "mean")])
-def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init):
-    model = Captioner(tiny_config(decoder=cell, init_state=init))
+@pytest.mark.parametrize("cell,init,deep", [("gru", "zeros", True), ("lstm", "zeros", False),
+                                            ("gru", "mean", False), ("lstm", "mean", True)])
+def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init, deep):
+    model = Captioner(tiny_config(decoder=cell, init_state=init, deep_output=deep,
+                                  state_dropout=0.3))
     features, captions = padded_batch()
     inputs = captions[:, :-1]
 
@@ -125,6 +126,26 @@ def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init)
         step_logits, state, alpha = model.decode_step(inputs[:, t], state, encoded, keys)
         np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-4)
         np.testing.assert_allclose(alpha.numpy(), alphas[:, t].numpy(), atol=1e-5)
+
+
+def test_deep_output_and_state_dropout():
+    features, captions = padded_batch()
+    inputs = (features, captions[:, :-1])
+    deep = Captioner(tiny_config(deep_output=True))
+    deep(inputs)
+    # the word projection sees the cell output (24) next to the attention context (16)
+    assert deep.decoder.fc1.kernel.shape == (24 + 16, 24)
+
+    model = Captioner(tiny_config(state_dropout=0.5))
+    keras.utils.set_random_seed(1)
+    first = model(inputs, training=True)[0].numpy()
+    second = model(inputs, training=True)[0].numpy()
+    assert np.abs(first - second).max() > 1e-4  # training: the carried state is dropped out
+    np.testing.assert_array_equal(model(inputs)[0].numpy(), model(inputs)[0].numpy())
+    clean = Captioner(tiny_config())
+    clean(inputs)
+    clean.set_weights(model.get_weights())  # same variables: dropout adds none
+    np.testing.assert_allclose(clean(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
 
 
 def _np_ce(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:

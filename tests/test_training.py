@@ -162,7 +162,7 @@ MIRRORED = textwrap.dedent("""
     from icapnet.model import Captioner
 
     cfg = ModelConfig(vocab_size=15, embedding_dim=8, units=12, attention_units=6, dropout=0.0,
-                      num_regions=5, feature_dim=4)
+                      state_dropout=0.0, num_regions=5, feature_dim=4)
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(4, 5, 4)).astype("float32")
     # Uneven real-token counts per replica half: a per-replica mean would be wrong.

@@ -47,7 +47,7 @@ class Captioner(keras.Model):
     def __init__(
         self,
         config: ModelConfig | dict[str, Any],
-        attention_penalty: float = 1.0,
+        attention_penalty: float = 0.0,
         clip_norm: float = 5.0,
         **kwargs,
     ) -> None:
@@ -68,6 +68,7 @@ class Captioner(keras.Model):
             attention=config.attention,
             init_state=config.init_state,
             deep_output=config.deep_output,
+            state_dropout=config.state_dropout,
             name="decoder",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")

@@ -103,6 +103,8 @@ class Decoder(keras.layers.Layer):
     to the cell output (Show-Attend-Tell's ``L_z z_t`` term): the word being written can then
     be read off the region being looked at, so attention has a reason to be on that region
     *now* rather than a step earlier with the answer memorised in the state.
+    ``state_dropout`` drops units of the state carried between steps (training only), so a
+    word is cheaper to read from the image at the step that writes it than to memorise.
     ``init_state="zeros"`` starts every caption from a zero state (the ICapNet / TensorFlow
     tutorial recipe): the image then reaches the decoder only through attention, which is
     what makes the attention maps point at the thing being named. ``"mean"`` derives the
@@ -122,6 +124,7 @@ class Decoder(keras.layers.Layer):
         attention: str = "bahdanau",
         init_state: str = "mean",
         deep_output: bool = False,
+        state_dropout: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,6 +145,7 @@ class Decoder(keras.layers.Layer):
         self.attention_type = attention
         self.init_state = init_state
         self.deep_output = bool(deep_output)
+        self.state_dropout_rate = float(state_dropout)
 
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embedding_dim,
                                                 name="embedding")
@@ -158,6 +162,8 @@ class Decoder(keras.layers.Layer):
                        if learned else None)
         self.init_c = (keras.layers.Dense(self.units, activation="tanh", name="init_c")
                        if learned and decoder == "lstm" else None)
+        self.state_dropout = (keras.layers.Dropout(self.state_dropout_rate, name="state_dropout")
+                              if self.state_dropout_rate > 0 else None)
         self.fc1 = keras.layers.Dense(self.units, name="fc1")
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
         # float32 logits even under a mixed policy: softmax / CE need the range.
@@ -188,6 +194,8 @@ class Decoder(keras.layers.Layer):
         The projection input is the cell output [B, U], or with ``deep_output`` the cell
         output next to this step's context [B, U + E].
         """
+        if self.state_dropout is not None:
+            state = self.state_dropout(state, training=training)
         hidden = state[:, : self.units]
         context, alpha = self.attention(encoded, keys, hidden)
         x = tf.concat([tf.cast(context, word.dtype), word], axis=-1)
@@ -254,4 +262,5 @@ class Decoder(keras.layers.Layer):
             "attention": self.attention_type,
             "init_state": self.init_state,
             "deep_output": self.deep_output,
+            "state_dropout": self.state_dropout_rate,
         }
