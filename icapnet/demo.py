@@ -39,7 +39,7 @@ SUMMARY_FILE = "summary.json"
 STAMP_FILE = "demo.json"
 # Sized so the synthetic demo finishes in under ~10 minutes on 2 CPU cores.
 DEFAULT_NUM_IMAGES = 400
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 20
 # The synthetic demo trains a half-width model (about 3x cheaper per step than the default
 # GRU 512 / attention 512 / embedding 256); flickr8k and explicit flags use the real sizes.
 SMALL_MODEL = {"units": 256, "attention_units": 256, "embedding_dim": 128}
