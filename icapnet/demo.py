@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from icapnet.errors import IcapnetError, run_cli
+from icapnet.errors import IcapnetError, require_positive, run_cli
 from icapnet.io import atomic_write_text
 
 DATASETS = ("synthetic", "flickr8k")
@@ -319,11 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [a for a in train_extra if a.startswith("--") and a.split("=")[0] not in _TRAIN_FLAGS]
     if unknown:
         raise IcapnetError(f"{unknown[0]}: unknown flag (not a demo or train option)")
-    for name in ("num_images", "epochs", "batch_size", "units", "embedding_dim",
-                 "attention_units", "beam"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise IcapnetError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    require_positive(args, optional=("num_images", "epochs", "batch_size", "units",
+                                     "embedding_dim", "attention_units", "beam"))
     if args.show < 0:
         raise IcapnetError(f"--show: must be >= 0, got {args.show}")
     synthetic = args.dataset == "synthetic"

@@ -32,4 +32,4 @@ def require_positive(args: object, *names: str, optional: tuple[str, ...] = ()) 
         if value is None and name in optional:
             continue
         if value < 1:
-            raise IcapnetError(f"--{name.replace('_', '-')} must be at least 1")
+            raise IcapnetError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")

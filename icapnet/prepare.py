@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from icapnet.config import DataConfig, FeatureConfig
 from icapnet.data.datasets import DATASETS, CaptionDataset, load_dataset
-from icapnet.errors import IcapnetError, run_cli
+from icapnet.errors import require_positive, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +69,8 @@ def limit_dataset(dataset: CaptionDataset, limit: int) -> CaptionDataset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for flag in ("min_count", "max_vocab", "batch_size", "shard_size", "limit", "image_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise IcapnetError(f"--{flag.replace('_', '-')}: must be >= 1, got {value}")
+    require_positive(args, optional=("min_count", "max_vocab", "batch_size", "shard_size",
+                                     "limit", "image_size"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 

@@ -245,9 +245,14 @@ def generate_scenes(
             boxes[image_id] = [o.to_dict() for o in objects]
         (tmp / CAPTIONS_FILE).write_text(_captions_csv(rows), encoding="utf-8")
         (tmp / BOXES_FILE).write_text(json.dumps(boxes, indent=1) + "\n", encoding="utf-8")
-        meta = {"format": _FORMAT, "num_images": num_images, "seed": seed, "image_size": image_size}
+        meta = _meta(num_images, seed, image_size)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _meta(num_images: int, seed: int, image_size: int) -> dict:
+    """What scenes.json records; a folder is reused only when it matches exactly."""
+    return {"format": _FORMAT, "num_images": num_images, "seed": seed, "image_size": image_size}
 
 
 def read_meta(out_dir: str | Path) -> dict | None:
@@ -267,8 +272,8 @@ def ensure_scenes(
     progress: bool = True,
 ) -> Path:
     """Reuse ``out_dir`` when it already holds exactly these scenes, otherwise (re)generate."""
-    wanted = {"format": _FORMAT, "num_images": num_images, "seed": seed, "image_size": image_size}
-    if read_meta(out_dir) == wanted and (Path(out_dir) / CAPTIONS_FILE).is_file():
+    same = read_meta(out_dir) == _meta(num_images, seed, image_size)
+    if same and (Path(out_dir) / CAPTIONS_FILE).is_file():
         return Path(out_dir)
     return generate_scenes(out_dir, num_images, seed=seed, image_size=image_size, progress=progress)
 
