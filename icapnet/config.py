@@ -47,6 +47,7 @@ class ModelConfig:
     # an object from one glance stops looking at it; with 0.3 attention at shape words moved
     # from ~0.2 to ~0.5 of the mass on objects (benchmarks/quality_synthetic.py).
     state_dropout: float = 0.3
+    context_gate: bool = False  # sigmoid gate on the context (Show-Attend-Tell's beta)
     init_state: str = "mean"  # "zeros" (image only via attention) | "mean" (Show-Attend-Tell)
     num_regions: int = 196
     feature_dim: int = 512

@@ -101,11 +101,12 @@ def test_initial_state_zeros_or_from_mean_region(cell):
         Decoder(30, init_state="learned")
 
 
-@pytest.mark.parametrize("cell,init,deep", [("gru", "zeros", True), ("lstm", "zeros", False),
-                                            ("gru", "mean", False), ("lstm", "mean", True)])
-def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init, deep):
+@pytest.mark.parametrize("cell,init,deep,gate", [
+    ("gru", "zeros", True, False), ("lstm", "zeros", False, True),
+    ("gru", "mean", False, True), ("lstm", "mean", True, False)])
+def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init, deep, gate):
     model = Captioner(tiny_config(decoder=cell, init_state=init, deep_output=deep,
-                                  state_dropout=0.3))
+                                  state_dropout=0.3, context_gate=gate))
     features, captions = padded_batch()
     inputs = captions[:, :-1]
 
@@ -126,6 +127,24 @@ def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init,
         step_logits, state, alpha = model.decode_step(inputs[:, t], state, encoded, keys)
         np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-4)
         np.testing.assert_allclose(alpha.numpy(), alphas[:, t].numpy(), atol=1e-5)
+
+
+def test_context_gate_scales_the_context_by_a_learned_sigmoid():
+    features, captions = padded_batch()
+    inputs = (features, captions[:, :-1])
+    model = Captioner(tiny_config(context_gate=True, init_state="zeros"))
+    gate = model.decoder.gate
+    assert gate.kernel.shape == (24, 16)  # hidden units -> one gate per context channel
+    assert Captioner(tiny_config()).decoder.gate is None  # off: no extra variables
+    # A shut gate removes the image: with a zero initial state the logits no longer
+    # depend on the features at all.
+    gate.kernel.assign(np.zeros(gate.kernel.shape, "float32"))
+    gate.bias.assign(np.full(gate.bias.shape, -60.0, "float32"))
+    other = (np.random.default_rng(9).normal(size=features.shape).astype("float32"),
+             inputs[1])
+    np.testing.assert_allclose(model(inputs)[0].numpy(), model(other)[0].numpy(), atol=1e-5)
+    gate.bias.assign(np.zeros(gate.bias.shape, "float32"))  # half open: the image matters
+    assert np.abs(model(inputs)[0].numpy() - model(other)[0].numpy()).max() > 1e-4
 
 
 def test_deep_output_and_state_dropout():

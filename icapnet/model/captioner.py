@@ -69,6 +69,7 @@ class Captioner(keras.Model):
             init_state=config.init_state,
             deep_output=config.deep_output,
             state_dropout=config.state_dropout,
+            context_gate=config.context_gate,
             name="decoder",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")

@@ -103,6 +103,9 @@ class Decoder(keras.layers.Layer):
     to the cell output (Show-Attend-Tell's ``L_z z_t`` term): the word being written can then
     be read off the region being looked at, so attention has a reason to be on that region
     *now* rather than a step earlier with the answer memorised in the state.
+    ``context_gate`` scales the context by ``sigmoid(W_beta·h)`` (Show-Attend-Tell's beta):
+    the decoder can shut the image out for words like "of" or "and" instead of parking
+    attention somewhere arbitrary, which sharpens the maps on the words that name things.
     ``state_dropout`` drops units of the state carried between steps (training only), so a
     word is cheaper to read from the image at the step that writes it than to memorise.
     ``init_state="zeros"`` starts every caption from a zero state (the ICapNet / TensorFlow
@@ -125,6 +128,7 @@ class Decoder(keras.layers.Layer):
         init_state: str = "mean",
         deep_output: bool = False,
         state_dropout: float = 0.0,
+        context_gate: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,6 +150,7 @@ class Decoder(keras.layers.Layer):
         self.init_state = init_state
         self.deep_output = bool(deep_output)
         self.state_dropout_rate = float(state_dropout)
+        self.context_gate = bool(context_gate)
 
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embedding_dim,
                                                 name="embedding")
@@ -164,6 +169,8 @@ class Decoder(keras.layers.Layer):
                        if learned and decoder == "lstm" else None)
         self.state_dropout = (keras.layers.Dropout(self.state_dropout_rate, name="state_dropout")
                               if self.state_dropout_rate > 0 else None)
+        self.gate = (keras.layers.Dense(self.embedding_dim, activation="sigmoid", name="gate")
+                     if self.context_gate and attention == "bahdanau" else None)
         self.fc1 = keras.layers.Dense(self.units, name="fc1")
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
         # float32 logits even under a mixed policy: softmax / CE need the range.
@@ -198,6 +205,8 @@ class Decoder(keras.layers.Layer):
             state = self.state_dropout(state, training=training)
         hidden = state[:, : self.units]
         context, alpha = self.attention(encoded, keys, hidden)
+        if self.gate is not None:
+            context = context * tf.cast(self.gate(hidden), context.dtype)
         x = tf.concat([tf.cast(context, word.dtype), word], axis=-1)
         if self.decoder_type == "gru":
             out, new = self.cell(x, [state], training=training)
@@ -263,4 +272,5 @@ class Decoder(keras.layers.Layer):
             "init_state": self.init_state,
             "deep_output": self.deep_output,
             "state_dropout": self.state_dropout_rate,
+            "context_gate": self.context_gate,
         }
