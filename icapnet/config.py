@@ -18,6 +18,12 @@ from icapnet.io import atomic_write_text
 CONFIG_FILE = "config.json"
 
 
+# Recipe of the random ("none") backbone: seeded He-normal, first kernel scaled to unit-RMS
+# output. Configs saved before the recipe was recorded used plain He-normal (LEGACY_...).
+RANDOM_BACKBONE = "he-normal+unit-rms"
+LEGACY_RANDOM_BACKBONE = "he-normal"
+
+
 @dataclass
 class FeatureConfig:
     """Which backbone layer turns an image into region features."""
@@ -26,6 +32,9 @@ class FeatureConfig:
     layer: str = "block5_conv3"
     # "imagenet" (Keras' download), a local .h5/.weights.h5 path, or "none" (random, for tests).
     weights: str = "imagenet"
+    # How "none" weights are made. Features from another recipe have another scale, so a cache
+    # or model built with one must not be used with the other (checked by the extractor).
+    random_init: str = RANDOM_BACKBONE
     image_size: int = 224
     num_regions: int = 196  # 14 x 14
     feature_dim: int = 512
@@ -110,6 +119,8 @@ class Config:
             unknown = set(values) - known
             if unknown:
                 raise ValueError(f"config section '{name}' has unknown keys: {sorted(unknown)}")
+            if name == "features" and values and "random_init" not in values:
+                values = {**values, "random_init": LEGACY_RANDOM_BACKBONE}
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 

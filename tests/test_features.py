@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from icapnet.config import DataConfig, FeatureConfig
+from icapnet.config import RANDOM_BACKBONE, DataConfig, FeatureConfig
 from icapnet.data import features as F
 from icapnet.data.datasets import load_dataset
 from icapnet.data.images import load_image
@@ -254,3 +255,23 @@ def test_refuses_a_folder_that_is_not_a_cache(dataset, tmp_path):
         F.build_cache(dataset, tmp_path, CFG, DATA, progress=False)
     with pytest.raises(IcapnetError, match=r"no manifest\.json"):
         F.open_cache(tmp_path)
+
+
+def test_cache_from_an_older_random_backbone_is_refused(cache_dir, dataset, tmp_path):
+    from icapnet.config import LEGACY_RANDOM_BACKBONE, Config
+    from icapnet.model.training import config_from_cache
+
+    assert F.open_cache(cache_dir).manifest["random_init"] == RANDOM_BACKBONE
+    old = tmp_path / "old"
+    shutil.copytree(cache_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["random_init"]  # caches written before the recipe was recorded
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IcapnetError, match=r"random_init=None \(requested 'he-normal\+unit-rms'"):
+        F.build_cache(dataset, old, CFG, DATA, progress=False)
+    with pytest.raises(IcapnetError, match=r"manifest\.json: .*old random backbone"):
+        config_from_cache(old, Config())
+    legacy = Config.from_dict({"features": {"weights": "none"}}).features
+    assert legacy.random_init == LEGACY_RANDOM_BACKBONE
+    with pytest.raises(IcapnetError, match="re-run prepare"):
+        F.build_feature_extractor(legacy)

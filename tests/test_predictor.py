@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -120,3 +122,18 @@ def test_bad_arguments_and_model_dirs(predictor: Predictor, tmp_path: Path) -> N
     assert predictor.caption_images([]) == []
     with pytest.raises(IcapnetError, match=re.escape(str(tmp_path / "nope"))):
         Predictor.from_dir(tmp_path / "nope")
+
+
+def test_model_made_with_an_older_random_backbone_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    raw = json.loads((old / "config.json").read_text())
+    del raw["features"]["random_init"]  # as written before the recipe was recorded
+    (old / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(IcapnetError, match=re.escape(str(old)) + ".*he-normal.*re-run prepare"):
+        Predictor.from_dir(old)
+    # Asking for this version's random backbone explicitly is allowed.
+    assert Predictor.from_dir(old, feature_weights="none").caption_images(
+        [np.zeros((32, 32, 3), np.uint8)])[0].caption

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from icapnet.config import DataConfig, FeatureConfig
+from icapnet.config import RANDOM_BACKBONE, DataConfig, FeatureConfig
 from icapnet.data.datasets import SPLITS
 from icapnet.data.images import load_image_bytes
 from icapnet.data.text import VOCAB_FILE
@@ -165,6 +165,11 @@ def build_feature_extractor(cfg: FeatureConfig) -> keras.Model:
     """
     spec = get_backbone(cfg.backbone)
     weights = resolve_weights(cfg.weights)
+    if weights is None and cfg.random_init != RANDOM_BACKBONE:
+        raise IcapnetError(
+            f"random backbone '{cfg.random_init}': this version builds '{RANDOM_BACKBONE}', "
+            "whose features have another scale; re-run prepare and train"
+        )
     size = int(cfg.image_size)
     base = _build_base(spec, weights, size)
     try:
@@ -482,7 +487,9 @@ def cache_settings(cfg: FeatureConfig) -> dict[str, Any]:
         "image_size": int(cfg.image_size),
         "dtype": CACHE_DTYPE,
     }
-    if weights not in (None, "imagenet"):
+    if weights is None:
+        settings["random_init"] = RANDOM_BACKBONE
+    elif weights != "imagenet":
         settings["weights_sha1"] = _sha1_file(Path(weights))
     return settings
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from icapnet.config import Config
+from icapnet.config import RANDOM_BACKBONE, Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.inference.decoding import DecodeResult, decode
@@ -88,9 +88,13 @@ class Predictor:
         model, vocab, config = load_model_dir(model_dir)
         if feature_weights is not None:
             config = dataclasses.replace(
-                config, features=dataclasses.replace(config.features, weights=str(feature_weights))
+                config, features=dataclasses.replace(config.features, weights=str(feature_weights),
+                                                     random_init=RANDOM_BACKBONE)
             )
-        extractor = build_feature_extractor(config.features)
+        try:
+            extractor = build_feature_extractor(config.features)
+        except IcapnetError as err:
+            raise IcapnetError(f"{model_dir}: {err}") from None
         return cls(model, vocab, config, extractor, model_dir)
 
     @property

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from icapnet.config import Config
+from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, Config
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_bytes, atomic_write_text
 from icapnet.model.captioner import Captioner
@@ -88,6 +88,14 @@ def config_from_cache(cache_dir: str | Path, config: Config) -> Config:
     feats.backbone = manifest.get("backbone", feats.backbone)
     feats.layer = manifest.get("layer", feats.layer)
     feats.weights = str(manifest.get("weights", feats.weights))
+    if feats.weights == "none":
+        feats.random_init = str(manifest.get("random_init", LEGACY_RANDOM_BACKBONE))
+        if feats.random_init != RANDOM_BACKBONE:
+            raise IcapnetError(
+                f"{cache.root / 'manifest.json'}: features come from the old random backbone "
+                f"'{feats.random_init}' (this version builds '{RANDOM_BACKBONE}'); "
+                "re-run prepare into a new folder"
+            )
     feats.image_size = int(manifest.get("image_size", feats.image_size))
     feats.num_regions, feats.feature_dim = int(regions), int(channels)
     data = config.data
