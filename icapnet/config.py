@@ -48,7 +48,11 @@ class ModelConfig:
     embedding_dim: int = 256
     units: int = 512
     attention_units: int = 512
-    dropout: float = 0.5
+    # Dropout on the encoded regions and before the word projection. 0.5 (the usual recipe)
+    # makes any one region's encoding so noisy that attention spreads out to average many of
+    # them: on benchmarks/quality_synthetic.py attention-in-box at shape words went from 0.37
+    # (0.5) to 0.64 (0.2) with better BLEU-4 (0.80 -> 0.82).
+    dropout: float = 0.2
     decoder: str = "gru"  # "gru" | "lstm"
     attention: str = "bahdanau"  # "bahdanau" | "none" (mean-pooled baseline)
     deep_output: bool = False  # attention context also feeds the word projection (SAT's L_z)
