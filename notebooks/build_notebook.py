@@ -53,9 +53,10 @@ BATCH_SIZE = 64
 BEAM = 3
 SHOW = 4                 # test images shown with attention heatmaps
 
-if SMOKE_TEST:  # CI: synthetic scenes, random VGG16, a tiny model, one epoch
-    DATASET, WEIGHTS, EPOCHS, BATCH_SIZE, SHOW = "synthetic", "none", 1, 16, 2
-MODEL_FLAGS = ["--units", "16", "--embedding-dim", "16", "--attention-units", "16"] \\
+if SMOKE_TEST:  # CI: synthetic scenes, random VGG16, a tiny model, 8 short epochs
+    DATASET, WEIGHTS, EPOCHS, BATCH_SIZE, SHOW = "synthetic", "none", 8, 16, 2
+MODEL_FLAGS = ["--units", "16", "--embedding-dim", "16", "--attention-units", "16",
+               "--learning-rate", "1e-2"] \\
     if SMOKE_TEST else []
 print(f"dataset={DATASET} smoke_test={SMOKE_TEST} epochs={EPOCHS} work_dir={WORK_DIR}")"""),
     ("md", """\

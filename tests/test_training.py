@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from icapnet.config import Config, ModelConfig, TrainConfig
+from icapnet.config import RANDOM_BACKBONE, Config, ModelConfig, TrainConfig
 from icapnet.data.features import serialize_record
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
@@ -34,6 +34,7 @@ def write_cache(root: Path, n_train: int = 24, n_val: int = 6) -> Path:
     colors, shapes = ["red", "blue", "green"], ["circle", "square", "star"]
     (root / "features").mkdir(parents=True)
     manifest = {"backbone": "vgg16", "layer": "block5_conv3", "weights": "none",
+                "random_init": RANDOM_BACKBONE,
                 "image_size": 224, "dtype": "float16", "feature_shape": list(SHAPE),
                 "dataset": "synthetic", "images": {}, "shards": {}, "skipped": {},
                 "complete": True}
