@@ -1,20 +1,28 @@
-"""Captions/second of the Captioner's train step vs a straightforward reference step.
+"""Captions/second of icapnet's training step vs the TensorFlow tutorial's, alternated in one run.
 
-Both run in this process on the same synthetic region features, with the same layers (the
-reference reuses the model's own encoder / attention / cell / projection, so weights and
-hyperparameters are identical), batch size and optimizer. The reference is the common
-tutorial recipe:
+The peer is a faithful re-implementation of the "Image captioning with visual attention"
+tutorial's training method (``benchmarks/tutorial_step.py``: Python loop over time steps in a
+``tf.function``, decoder called per step, ``W1·features`` recomputed every step, masked loss,
+embedding 256 / units 512 / batch 64, its data pipeline), with the tutorial's padding: every
+caption padded to the longest caption of the dataset (the tutorial's code) and, as a second
+peer, to 50 tokens. Both sides read the same captions and the same random float16 features
+(a feature cache written by ``bench_data.py``; speed does not depend on feature values) and
+use the same vocabulary.
 
-* captions padded to a fixed length (50) instead of each batch's own longest,
-* a Python-unrolled loop over time (one graph copy per step),
-* attention keys ``W1·features`` recomputed at every time step,
-* the vocabulary projection and loss computed step by step.
+icapnet runs exactly what ``python -m icapnet.train`` runs: its own ``tf.data`` pipeline over
+the cache and the compiled Keras train function, with the options of ``TrainConfig``.
+Two icapnet configurations are timed: the tutorial's sizes and model (embedding 256, units
+512, attention 512, batch 64, no dropout, zero initial state) and the DEFAULT configuration.
 
-Ours: ``tf.while_loop`` over the batch's own length, keys once per caption, one vocabulary
-projection for all steps. Usage::
+Variants run in turn, round after round (``--rounds``), each for about ``--round-captions``
+captions per round, so load from other processes hits them alike. Reported per variant: the
+median captions/s over rounds (wall clock), its spread (min-max), CPU seconds per 1,000
+captions (process CPU time: all threads), and the warm-up round (tracing / XLA compiling)
+separately. Ratios are icapnet / tutorial on medians of the same run.
 
-    python benchmarks/train_speed.py            # defaults: emb 256, units 512, batch 64
-    python benchmarks/train_speed.py --steps 3 --vocab-size 3000 --json out.json
+    python benchmarks/train_speed.py                       # synthetic-scene captions
+    python benchmarks/train_speed.py --captions flickr8k   # real Flickr8k lengths + vocabulary
+    python benchmarks/train_speed.py --variants ours-tutorial-sizes tutorial-longest --rounds 3
 """
 
 from __future__ import annotations
@@ -22,143 +30,280 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from icapnet.config import ModelConfig
-from icapnet.model import Captioner
+VARIANTS = ("ours-tutorial-sizes", "ours-default", "tutorial-longest", "tutorial-50")
 
 
-def synthetic_batches(n: int, batch: int, vocab: int, regions: int, dim: int,
-                      mean_len: float, std_len: float, seed: int = 0):
-    """``n`` batches of (features, captions padded to the batch's longest), like the pipeline."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        feats = rng.random((batch, regions, dim), dtype=np.float32)
-        lengths = np.clip(np.rint(rng.normal(mean_len, std_len, batch)), 3, 48).astype(int)
-        caps = np.zeros((batch, lengths.max() + 2), np.int32)
-        for i, length in enumerate(lengths):
-            caps[i, 0] = 1
-            caps[i, 1:length + 1] = rng.integers(4, vocab, size=length)
-            caps[i, length + 1] = 2
-        out.append((tf.constant(feats), tf.constant(caps)))
-    return out
+@dataclass
+class Variant:
+    name: str
+    step: Callable[[], int]  # runs one training step, returns the captions it trained on
+    note: str = ""
+    warmup_s: float = 0.0
+    warmup_captions: int = 0
+    rounds: list[dict] = field(default_factory=list)
 
 
-def pad_to(captions: tf.Tensor, length: int) -> tf.Tensor:
-    return tf.pad(captions, [[0, 0], [0, length - int(captions.shape[1])]])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--captions", choices=("synthetic", "flickr8k"), default="synthetic",
+                   help="caption set (default: the synthetic scenes of the quality benchmark)")
+    p.add_argument("--num-images", type=int, default=640,
+                   help="training images (default 640: the 800-scene benchmark's train split)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant")
+    p.add_argument("--round-captions", type=int, default=1280,
+                   help="captions per variant per round (default 1280 = 20 batches of 64)")
+    p.add_argument("--warmup-captions", type=int, default=None,
+                   help="untimed captions first (default: one round; XLA compiles here)")
+    p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="icapnet: XLA (default: TrainConfig)")
+    p.add_argument("--mixed-precision", default=None,
+                   help="icapnet: off|float16|bfloat16|auto (default: TrainConfig)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="icapnet: override config fields, e.g. train.group_by_image=false")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the random-feature cache goes (default runs/bench_cache/NAME)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p
 
 
-def make_reference_step(model: Captioner, optimizer, length: int, penalty: float, clip: float):
-    """The tutorial-style step: unrolled, fixed length, keys recomputed every step."""
-    enc_layer, dec = model.encoder, model.decoder
-    att = dec.attention
-
-    @tf.function
-    def step(features, captions):  # captions [B, length]
-        with tf.GradientTape() as tape:
-            encoded = enc_layer(features, training=True)
-            state = dec.initial_state(encoded)
-            token_sum, token_count, attended = 0.0, 0.0, 0.0
-            for t in range(1, length):  # Python-unrolled
-                keys = att.W1(encoded)  # recomputed at every time step
-                context, alpha = att(encoded, keys, state)
-                word = dec.embedding(captions[:, t - 1])
-                x = tf.concat([context, word], -1)
-                out, new = dec.cell(x, [state], training=True)
-                state = new[0]
-                logits = dec.project(out, training=True)
-                labels = captions[:, t]
-                mask = tf.cast(labels != 0, tf.float32)
-                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-                token_sum += tf.reduce_sum(ce * mask)
-                token_count += tf.reduce_sum(mask)
-                attended += alpha * mask[:, None]
-            loss = token_sum / token_count + penalty * tf.reduce_mean(
-                tf.reduce_sum(tf.square(1.0 - attended), -1))
-        variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables,
-                                                                        strict=True)]
-        grads, _ = tf.clip_by_global_norm(grads, clip)
-        optimizer.apply(grads, variables)
-        return loss
-
-    return step
+# --------------------------------------------------------------------------- data
 
 
-def time_steps(step, batches, warmup: int = 1) -> tuple[float, float]:
-    """(seconds per step, first-call seconds incl. tracing) over ``batches``."""
-    start = time.perf_counter()
-    for features, captions in batches[:warmup]:
-        float(step(features, captions))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for features, captions in batches[warmup:]:
-        float(step(features, captions))
-    return (time.perf_counter() - start) / max(len(batches) - warmup, 1), first
+def prepare_cache(args: argparse.Namespace) -> tuple[Path, str]:
+    from bench_data import flickr8k_captions, synthetic_captions, write_random_cache
+
+    if args.captions == "synthetic":
+        captions, source = synthetic_captions(args.num_images, args.seed), "synthetic scenes"
+    else:
+        captions, source = flickr8k_captions()
+        captions = dict(sorted(captions.items())[: args.num_images])
+    name = f"{args.captions}-{len(captions)}"
+    root = args.cache_dir or HERE.parent / "runs" / "bench_cache" / name
+    write_random_cache(root, {"train": captions}, seed=args.seed)
+    return root, source
+
+
+def _set_field(config, assignment: str) -> None:
+    import dataclasses
+
+    key, _, raw = assignment.partition("=")
+    section, _, name = key.partition(".")
+    target = getattr(config, section)
+    kind = {f.name: f.type for f in dataclasses.fields(target)}[name]
+    if kind == "bool":
+        value = raw.lower() in ("1", "true", "yes", "on")
+    elif kind == "int":
+        value = int(raw)
+    elif kind == "float":
+        value = float(raw)
+    elif kind.startswith("tuple"):
+        value = tuple(int(v) for v in raw.split(",") if v)
+    else:
+        value = raw
+    setattr(target, name, value)
+
+
+def icapnet_config(args: argparse.Namespace, tutorial_sizes: bool):
+    from icapnet.config import Config
+
+    config = Config()
+    if tutorial_sizes:
+        m = config.model
+        m.embedding_dim, m.units, m.attention_units = 256, 512, 512
+        m.dropout, m.state_dropout, m.init_state = 0.0, 0.0, "zeros"
+        config.train.batch_size = 64
+    if args.jit_compile is not None:
+        config.train.jit_compile = bool(args.jit_compile)
+    if args.mixed_precision is not None:
+        config.train.mixed_precision = args.mixed_precision
+    for assignment in args.set:
+        _set_field(config, assignment)
+    return config
+
+
+def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
+                    tutorial_sizes: bool) -> tuple[Variant, dict]:
+    """The compiled Keras train function of ``python -m icapnet.train`` on its own pipeline."""
+    import keras
+    import tensorflow as tf
+
+    from icapnet.data.pipeline import make_dataset
+    from icapnet.model.store import build_captioner
+    from icapnet.model.training import config_from_cache
+
+    config = config_from_cache(cache, icapnet_config(args, tutorial_sizes))
+    t = config.train
+    keras.utils.set_random_seed(args.seed)
+    # As icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
+    keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
+    model = build_captioner(config)
+    model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), jit_compile=t.jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    keras.mixed_precision.set_global_policy("float32")
+    model.make_train_function()
+    dataset = make_dataset(cache, "train", t.batch_size, shuffle=True, seed=args.seed,
+                           repeat=True, shuffle_buffer=t.shuffle_buffer)
+    iterator = iter(dataset)
+    train_function = model.train_function
+
+    def count(captions: tf.Tensor) -> int:
+        rows = tf.reshape(captions, [-1, captions.shape[-1]])
+        return int(tf.math.count_nonzero(tf.reduce_any(rows[:, 1:] != 0, axis=-1)))
+
+    def step() -> int:
+        batch = next(iterator)
+        logs = train_function([batch])
+        float(logs["loss"])  # wait for the step to finish
+        return count(batch[1])
+
+    return Variant(name, step, note=_describe(config)), config.to_dict()
+
+
+def _describe(config) -> str:
+    m, t = config.model, config.train
+    return (f"emb {m.embedding_dim}, units {m.units}, attention {m.attention_units}, dropout "
+            f"{m.dropout}, state dropout {m.state_dropout}, init {m.init_state}, batch "
+            f"{t.batch_size}, jit {t.jit_compile}, precision {t.mixed_precision}")
+
+
+def tutorial_variant(name: str, cache: Path, pad_to: int | None, seed: int) -> tuple[Variant, dict]:
+    import numpy as np
+
+    from icapnet.data.features import open_cache
+    from tutorial_step import BATCH_SIZE, TutorialTrainer, tutorial_dataset
+
+    fc = open_cache(cache)
+    vocab = fc.vocab
+    ids = fc.image_ids("train")
+    features = fc.get_features(ids)
+    row = {image_id: k for k, image_id in enumerate(ids)}
+    index, captions = [], []
+    for image_id, caps in sorted(fc.captions["train"].items()):
+        for caption in caps:
+            encoded = vocab.encode(caption)
+            if len(encoded) > 2:
+                index.append(row[image_id])
+                captions.append(encoded)
+    ds = tutorial_dataset(features, np.array(index), captions, pad_to, seed)
+    width = int(ds.element_spec[1].shape[1])
+    trainer = TutorialTrainer(len(vocab), vocab.start_id, num_regions=features.shape[1],
+                              feature_dim=features.shape[2])
+    iterator = iter(ds)
+
+    def step() -> int:
+        img, target = next(iterator)
+        loss, _ = trainer.train_step(img, target)
+        float(loss)
+        return BATCH_SIZE
+
+    note = f"padded to {width} tokens ({'longest caption' if pad_to is None else 'fixed'})"
+    return Variant(name, step, note=note), {"pad_to": width}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def run_captions(variant: Variant, captions: int) -> tuple[int, float, float]:
+    """Steps until ``captions`` are trained on: (captions, wall s, CPU s)."""
+    done, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while done < captions:
+        done += variant.step()
+    return done, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def summarize(variant: Variant) -> dict:
+    rates = [r["captions"] / r["wall_s"] for r in variant.rounds]
+    cpu = [1000 * r["cpu_s"] / r["captions"] for r in variant.rounds]
+    return {
+        "note": variant.note,
+        "captions_per_s": statistics.median(rates),
+        "captions_per_s_min": min(rates),
+        "captions_per_s_max": max(rates),
+        "cpu_s_per_1000_captions": statistics.median(cpu),
+        "cpu_captions_per_s": 1000 / statistics.median(cpu),
+        "warmup_s": variant.warmup_s,
+        "warmup_captions": variant.warmup_captions,
+        "rounds": variant.rounds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--embedding-dim", type=int, default=256)
-    parser.add_argument("--units", type=int, default=512)
-    parser.add_argument("--vocab-size", type=int, default=3000)
-    parser.add_argument("--mean-length", type=float, default=12.0)
-    parser.add_argument("--std-length", type=float, default=4.0)
-    parser.add_argument("--ref-length", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
-    parser.add_argument("--ref-steps", type=int, default=2, help="timed reference steps")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    import tensorflow as tf
 
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(vocab_size=args.vocab_size, embedding_dim=args.embedding_dim,
-                      units=args.units, attention_units=args.units)
-    model = Captioner(cfg, attention_penalty=1.0, clip_norm=5.0)
-    model.compile(optimizer=keras.optimizers.Adam(4e-4))
-    model.optimizer.build(model.trainable_variables)
-    ours = tf.function(lambda f, c: model.train_step((f, c))["loss"], reduce_retracing=True)
-
-    ref_opt = keras.optimizers.Adam(4e-4)
-    ref_opt.build(model.trainable_variables)
-    reference = make_reference_step(model, ref_opt, args.ref_length, 1.0, 5.0)
-
-    batches = synthetic_batches(max(args.steps, args.ref_steps) + 1, args.batch_size,
-                                args.vocab_size, cfg.num_regions, cfg.feature_dim,
-                                args.mean_length, args.std_length)
-    print(f"config: batch {args.batch_size}, embedding {args.embedding_dim}, units "
-          f"{args.units}, vocab {args.vocab_size}, caption length {args.mean_length:g}"
-          f"±{args.std_length:g} words; {tf.config.threading.get_intra_op_parallelism_threads()}"
-          f" intra-op threads, {os.cpu_count()} CPUs")
-    ours_s, ours_first = time_steps(ours, batches[: args.steps + 1])
-    ref_batches = [(f, pad_to(c, args.ref_length)) for f, c in batches[: args.ref_steps + 1]]
-    ref_s, ref_first = time_steps(reference, ref_batches)
-    ours_cps, ref_cps = args.batch_size / ours_s, args.batch_size / ref_s
-    results = {
-        "ours_captions_per_s": ours_cps, "reference_captions_per_s": ref_cps,
-        "speedup": ours_cps / ref_cps, "ours_s_per_step": ours_s, "reference_s_per_step": ref_s,
-        "ours_first_call_s": ours_first, "reference_first_call_s": ref_first,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
-    print(f"ours      {ours_cps:8.1f} captions/s  ({ours_s:.3f} s/step, first call "
-          f"{ours_first:.1f} s)")
-    print(f"reference {ref_cps:8.1f} captions/s  ({ref_s:.3f} s/step, first call "
-          f"{ref_first:.1f} s)")
-    print(f"speedup   {ours_cps / ref_cps:8.2f}x")
+    cache, source = prepare_cache(args)
+    variants, settings = [], {}
+    for name in args.variants:
+        if name.startswith("ours"):
+            v, s = icapnet_variant(name, cache, args, tutorial_sizes=name.endswith("sizes"))
+        else:
+            v, s = tutorial_variant(name, cache, None if name.endswith("longest") else 50,
+                                    args.seed)
+        variants.append(v)
+        settings[name] = s
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    print(f"captions: {source}; cache {cache}; {os.cpu_count()} CPUs, intra-op threads "
+          f"{threads or 'default'}; {args.rounds} rounds x {args.round_captions} captions")
+    warmup = args.round_captions if args.warmup_captions is None else args.warmup_captions
+    for v in variants:
+        v.warmup_captions, v.warmup_s, _ = run_captions(v, warmup)
+        print(f"  warm-up {v.name:22s} {v.warmup_s:7.1f} s ({v.note})", flush=True)
+    for r in range(args.rounds):
+        for v in variants:
+            n, wall, cpu = run_captions(v, args.round_captions)
+            v.rounds.append({"captions": n, "wall_s": wall, "cpu_s": cpu})
+            print(f"  round {r + 1} {v.name:22s} {n / wall:7.1f} captions/s  "
+                  f"(CPU {1000 * cpu / n:6.1f} s / 1000 captions)", flush=True)
+    results = {v.name: summarize(v) for v in variants}
+    ratios = _ratios(results)
+    print_table(results, ratios)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        report = {"benchmark": "train_speed", "captions": source, "cache": str(cache),
+                  "results": results, "ratios": ratios, "settings": settings,
+                  "args": {k: str(v) for k, v in vars(args).items()},
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                              "load_average": os.getloadavg()},
+                  "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _ratios(results: dict) -> dict:
+    out = {}
+    for ours in (n for n in results if n.startswith("ours")):
+        for peer in (n for n in results if n.startswith("tutorial")):
+            a, b = results[ours], results[peer]
+            out[f"{ours} / {peer}"] = {
+                "wall": a["captions_per_s"] / b["captions_per_s"],
+                "cpu": b["cpu_s_per_1000_captions"] / a["cpu_s_per_1000_captions"],
+            }
+    return out
+
+
+def print_table(results: dict, ratios: dict) -> None:
+    print(f"\n{'variant':22s} {'captions/s':>11s} {'(min-max)':>15s} {'CPU s/1k cap':>13s} "
+          f"{'warm-up s':>10s}")
+    for name, r in results.items():
+        spread = f"{r['captions_per_s_min']:.1f}-{r['captions_per_s_max']:.1f}"
+        print(f"{name:22s} {r['captions_per_s']:11.1f} {spread:>15s} "
+              f"{r['cpu_s_per_1000_captions']:13.1f} {r['warmup_s']:10.1f}")
+    for name, r in ratios.items():
+        print(f"{name:42s} {r['wall']:5.2f}x wall   {r['cpu']:5.2f}x CPU")
 
 
 if __name__ == "__main__":
