@@ -43,7 +43,7 @@ PARTS = (
     ("attention step: V·tanh(keys + W2·h)", ("attention/add", "/tanh", "/v/", "attention/score",
                                              "attention/mul_1", "attention/energy")),
     ("attention step: softmax + context", ("attention",)),
-    ("GRU cell", ("gru_cell", "gru/")),
+    ("GRU cell", ("gru_cell", "gru/", "lstm_cell")),
     ("word projection (fc1, fc2)", ("fc1", "fc2")),
     ("loss + metrics", ("sparse_softmax_cross_entropy", "argmax", "metrics", "loss")),
     ("embedding", ("embedding",)),

@@ -27,6 +27,12 @@ def masked_token_loss(labels, logits):
     return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def _rows(tokens) -> list:
+    """Shape [-1, T] that flattens [..., T] to one row per caption (T static when known)."""
+    steps = tokens.shape[-1]
+    return [-1, int(steps) if steps is not None else tf.shape(tokens)[-1]]
+
+
 def _global_sum(value):
     """Sum ``value`` over all replicas (identity outside ``tf.distribute``)."""
     ctx = tf.distribute.get_replica_context()
@@ -96,8 +102,17 @@ class Captioner(keras.Model):
 
     # -- forward ------------------------------------------------------------------------
     def call(self, inputs, training=False):
+        """``captions_in`` [B, T], or [G, K, T] for K captions of each of the G images in
+        ``features`` [G, R, F]: the encoder and ``W1·features`` then run once per image.
+        Outputs have one row per caption either way."""
         features, captions_in = inputs
         encoded = self.encoder(features, training=training)
+        if captions_in.shape.rank == 3:
+            group = captions_in.shape[1]
+            if group is None:
+                raise ValueError("grouped captions [G, K, T] need a static K")
+            captions_in = tf.reshape(captions_in, _rows(captions_in))
+            return self.decoder((encoded, captions_in), training=training, group=int(group))
         return self.decoder((encoded, captions_in), training=training)
 
     def encode(self, features, training=False):
@@ -125,13 +140,16 @@ class Captioner(keras.Model):
         and counts for the metrics.
         """
         captions = tf.cast(captions, tf.int32)
-        inputs, labels = captions[:, :-1], captions[:, 1:]
+        inputs, labels = captions[..., :-1], captions[..., 1:]
         logits, alphas = self((features, inputs), training=training)
+        labels = tf.reshape(labels, _rows(labels))  # one row per caption
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
+        # Rows without a token (padding of a grouped or fixed-size batch) are not captions.
+        real = tf.cast(tf.reduce_any(labels != 0, axis=-1), tf.float32)  # [B]
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         local_tokens = tf.reduce_sum(mask)
         local_ce = tf.reduce_sum(ce * mask)
-        batch = tf.cast(tf.shape(captions)[0], tf.float32)
+        batch = tf.reduce_sum(real)
         global_tokens = tf.maximum(_global_sum(local_tokens), 1.0)
         global_batch = tf.maximum(_global_sum(batch), 1.0)
 
@@ -140,7 +158,7 @@ class Captioner(keras.Model):
             # Mean (not sum) over regions: summed over 196 regions the term is ~170 and
             # swamps the per-token cross-entropy (~1-3), flattening every attention map.
             per_caption = tf.reduce_mean(tf.square(1.0 - attended), axis=-1)  # [B]
-            local_penalty = tf.reduce_sum(per_caption)
+            local_penalty = tf.reduce_sum(per_caption * real)
         else:  # uniform weights: the penalty is a constant, leave it out
             local_penalty = tf.constant(0.0)
 
