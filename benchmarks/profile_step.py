@@ -16,7 +16,6 @@ the breakdown then shows XLA's clusters as one line (use the timed ablations ins
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os

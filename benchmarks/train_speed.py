@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="icapnet: off|float16|bfloat16|auto (default: TrainConfig)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                    help="icapnet: override config fields, e.g. train.group_by_image=false")
+    p.add_argument("--extra", nargs="*", default=[], metavar="LABEL=SECTION.FIELD=VALUE[,...]",
+                   help="more icapnet variants at the tutorial's sizes, e.g. "
+                   "flat=train.group_by_image=false,train.length_buckets=0")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the random-feature cache goes (default runs/bench_cache/NAME)")
     p.add_argument("--seed", type=int, default=0)
@@ -117,7 +120,7 @@ def _set_field(config, assignment: str) -> None:
     setattr(target, name, value)
 
 
-def icapnet_config(args: argparse.Namespace, tutorial_sizes: bool):
+def icapnet_config(args: argparse.Namespace, tutorial_sizes: bool, extra: list[str] = ()):
     from icapnet.config import Config
 
     config = Config()
@@ -130,33 +133,35 @@ def icapnet_config(args: argparse.Namespace, tutorial_sizes: bool):
         config.train.jit_compile = bool(args.jit_compile)
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
-    for assignment in args.set:
+    for assignment in [*args.set, *extra]:
         _set_field(config, assignment)
     return config
 
 
 def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
-                    tutorial_sizes: bool) -> tuple[Variant, dict]:
+                    tutorial_sizes: bool, extra: list[str] = ()) -> tuple[Variant, dict]:
     """The compiled Keras train function of ``python -m icapnet.train`` on its own pipeline."""
     import keras
     import tensorflow as tf
 
-    from icapnet.data.pipeline import make_dataset
+    from icapnet.data.pipeline import Batching, make_dataset
+    from icapnet.model.precision import policy_name
     from icapnet.model.store import build_captioner
     from icapnet.model.training import config_from_cache
 
-    config = config_from_cache(cache, icapnet_config(args, tutorial_sizes))
+    config = config_from_cache(cache, icapnet_config(args, tutorial_sizes, extra))
     t = config.train
     keras.utils.set_random_seed(args.seed)
-    # As icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
-    keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
+    # What icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
+    keras.mixed_precision.set_global_policy(policy_name(t.mixed_precision))
     model = build_captioner(config)
     model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), jit_compile=t.jit_compile)
     model.optimizer.build(model.trainable_variables)
     keras.mixed_precision.set_global_policy("float32")
     model.make_train_function()
     dataset = make_dataset(cache, "train", t.batch_size, shuffle=True, seed=args.seed,
-                           repeat=True, shuffle_buffer=t.shuffle_buffer)
+                           repeat=True, shuffle_buffer=t.shuffle_buffer,
+                           batching=Batching.from_config(t))
     iterator = iter(dataset)
     train_function = model.train_function
 
@@ -177,14 +182,15 @@ def _describe(config) -> str:
     m, t = config.model, config.train
     return (f"emb {m.embedding_dim}, units {m.units}, attention {m.attention_units}, dropout "
             f"{m.dropout}, state dropout {m.state_dropout}, init {m.init_state}, batch "
-            f"{t.batch_size}, jit {t.jit_compile}, precision {t.mixed_precision}")
+            f"{t.batch_size}, group by image {t.group_by_image}, length buckets "
+            f"{t.length_buckets}, jit {t.jit_compile}, precision {t.mixed_precision}")
 
 
 def tutorial_variant(name: str, cache: Path, pad_to: int | None, seed: int) -> tuple[Variant, dict]:
     import numpy as np
+    from tutorial_step import BATCH_SIZE, TutorialTrainer, tutorial_dataset
 
     from icapnet.data.features import open_cache
-    from tutorial_step import BATCH_SIZE, TutorialTrainer, tutorial_dataset
 
     fc = open_cache(cache)
     vocab = fc.vocab
@@ -255,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                                     args.seed)
         variants.append(v)
         settings[name] = s
+    for spec in args.extra:
+        label, _, assignments = spec.partition("=")
+        name = f"ours-{label}"
+        v, s = icapnet_variant(name, cache, args, True, [a for a in assignments.split(",") if a])
+        variants.append(v)
+        settings[name] = s
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     print(f"captions: {source}; cache {cache}; {os.cpu_count()} CPUs, intra-op threads "
           f"{threads or 'default'}; {args.rounds} rounds x {args.round_captions} captions")
@@ -286,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
 def _ratios(results: dict) -> dict:
     out = {}
     for ours in (n for n in results if n.startswith("ours")):
+        if ours != "ours-tutorial-sizes" and not ours.startswith("ours-default"):
+            base = results.get("ours-tutorial-sizes")
+            if base:
+                out[f"{ours} / ours-tutorial-sizes"] = {
+                    "wall": results[ours]["captions_per_s"] / base["captions_per_s"],
+                    "cpu": base["cpu_s_per_1000_captions"]
+                    / results[ours]["cpu_s_per_1000_captions"]}
+            continue
         for peer in (n for n in results if n.startswith("tutorial")):
             a, b = results[ours], results[peer]
             out[f"{ours} / {peer}"] = {

@@ -81,8 +81,14 @@ class TrainConfig:
     # chance level (0.11 in-box vs 0.37 without it) for the same BLEU.
     attention_penalty: float = 0.0
     seed: int = 42
-    mixed_precision: bool = False
+    # "off" | "float16" | "bfloat16" | "auto" (icapnet.model.precision picks by device).
+    mixed_precision: str = "off"
     jit_compile: bool = False
+    # Batches of whole images: the K captions of an image share one encoder pass and one
+    # W1·features (K = the usual captions per image; batch_size // K images per batch).
+    group_by_image: bool = True
+    # Batch captions of similar length together (0: pad each batch to its own longest).
+    length_buckets: int = 6
     strategy: str = "default"  # "default" | "mirrored" | "tpu"
     early_stopping_patience: int = 5
     reduce_lr_patience: int = 2
@@ -125,6 +131,10 @@ class Config:
                 raise ValueError(f"config section '{name}' has unknown keys: {sorted(unknown)}")
             if name == "features" and values and "random_init" not in values:
                 values = {**values, "random_init": LEGACY_RANDOM_BACKBONE}
+            if name == "train" and isinstance(values.get("mixed_precision"), bool):
+                # saved before bfloat16 was offered: true meant float16
+                values = {**values, "mixed_precision": "float16" if values["mixed_precision"]
+                          else "off"}
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 

@@ -23,7 +23,10 @@ _CHOICES = {
     "decoder": ("gru", "lstm"),
     "attention": ("bahdanau", "none"),
     "strategy": ("default", "mirrored", "tpu"),
+    "mixed_precision": ("off", "float16", "bfloat16", "auto"),
 }
+# Flags that may be given bare: "--mixed-precision" alone means "auto" (pick by device).
+_BARE = {"mixed_precision": "auto"}
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
@@ -44,9 +47,10 @@ def _add_section(parser: argparse.ArgumentParser, section: type, title: str) -> 
         kind = _TYPES.get(str(field.type))
         if kind is None:
             raise TypeError(f"{section.__name__}.{field.name}: no CLI type for {field.type}")
+        bare = {"nargs": "?", "const": _BARE[field.name]} if field.name in _BARE else {}
         group.add_argument(_flag(field.name), type=kind, default=default,
                            choices=_CHOICES.get(field.name), metavar=field.name.upper(),
-                           help=f"(default: {default})")
+                           help=f"(default: {default})", **bare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -322,3 +322,85 @@ def test_load_model_dir_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IcapnetError, match=r"empty.*config\.json"):
         load_model_dir(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- speed paths
+
+
+def _grouped_batch():
+    """2 images x 3 captions (one row empty), and the same captions one row per caption."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(2, R, F)).astype(np.float32)
+    captions = np.array([[[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 9, 10, 2]],
+                         [[1, 11, 2, 0, 0], [1, 12, 13, 2, 0], [0, 0, 0, 0, 0]]], np.int32)
+    flat_features = np.repeat(features, 3, axis=0)[:5]  # the empty row is not a caption
+    flat_captions = captions.reshape(6, 5)[:5]
+    return features, captions, flat_features, flat_captions
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_grouped_step_matches_the_per_caption_step(cell):
+    """K captions sharing one encoder pass give the same loss and gradients as K copies."""
+    model = Captioner(tiny_config(decoder=cell, init_state="mean"), attention_penalty=0.5)
+    features, captions, flat_features, flat_captions = _grouped_batch()
+
+    def loss_and_grads(f, c):
+        with tf.GradientTape() as tape:
+            loss, stats = model.compute_losses(tf.constant(f), tf.constant(c), training=False)
+        return loss, stats, tape.gradient(loss, model.trainable_variables)
+
+    grouped, g_stats, g_grads = loss_and_grads(features, captions)
+    flat, f_stats, f_grads = loss_and_grads(flat_features, flat_captions)
+    np.testing.assert_allclose(grouped.numpy(), flat.numpy(), rtol=1e-5)
+    for key in ("tokens", "batch", "correct"):
+        assert float(g_stats[key]) == float(f_stats[key]), key
+    assert float(g_stats["batch"]) == 5  # the empty row is not counted as a caption
+    for g, f, v in zip(g_grads, f_grads, model.trainable_variables, strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(),
+                                   tf.convert_to_tensor(f).numpy(), atol=1e-5, err_msg=v.path)
+    logits, _ = model((features, captions[..., :-1]))
+    assert logits.shape == (6, 4, 20)  # one row per caption
+
+
+def test_jit_compiled_train_step_runs_on_cpu_per_bucket_shape():
+    """XLA compiles one program per bucket shape; its step matches the graph step."""
+    rng = np.random.default_rng(2)
+
+    def batches():
+        for length in (5, 8, 5, 8):  # two bucket shapes
+            caps = np.zeros((2, 3, length), np.int32)
+            caps[..., 0], caps[..., 1:-1], caps[..., -1] = 1, rng.integers(4, 20), 2
+            yield rng.normal(size=(2, R, F)).astype(np.float16), caps
+
+    spec = (tf.TensorSpec([2, R, F], tf.float16), tf.TensorSpec([2, 3, None], tf.int32))
+    data = tf.data.Dataset.from_generator(batches, output_signature=spec).cache()
+    results = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = Captioner(tiny_config())
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
+        history = model.fit(data, epochs=1, verbose=0).history
+        results[jit] = (history["loss"], model.get_weights())
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-4)
+    for a, b in zip(results[True][1], results[False][1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_bfloat16_policy_trains_with_float32_logits():
+    features, captions = padded_batch()
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        model = Captioner(tiny_config(decoder="gru"))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.decoder.compute_dtype == "bfloat16"
+        logits, alphas = model((tf.cast(features, tf.float16), captions[:, :-1]))
+        assert logits.dtype == tf.float32 and alphas.dtype == tf.float32
+        before = [w.copy() for w in model.get_weights()]
+        logs = model.train_on_batch(features, captions, return_dict=True)
+        assert np.isfinite(logs["loss"])
+        assert any(not np.array_equal(a, b)
+                   for a, b in zip(before, model.get_weights(), strict=True))
+        assert all(w.dtype == np.float32 for w in model.get_weights())  # float32 masters
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

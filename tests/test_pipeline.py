@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ from icapnet.config import DataConfig, FeatureConfig
 from icapnet.data.datasets import load_dataset
 from icapnet.data.features import build_cache, open_cache
 from icapnet.data.pipeline import (
+    Batching,
+    _plan,
+    best_boundaries,
     count_pairs,
     make_dataset,
     make_image_dataset,
@@ -65,7 +70,7 @@ def test_batches_shapes_dtypes_and_own_padding(cache_dir):
     cache = open_cache(cache_dir)
     ds = make_dataset(cache_dir, "train", batch_size=5, seed=1)
     spec_f, spec_c = ds.element_spec
-    assert spec_f.dtype == tf.float32 and spec_c.dtype == tf.int32
+    assert spec_f.dtype == tf.float16 and spec_c.dtype == tf.int32  # cast inside the model
     widths = set()
     for feats, caps in ds:
         caps = caps.numpy()
@@ -130,3 +135,94 @@ def test_missing_split_and_incomplete_cache_are_errors(cache_dir, tmp_path):
     (broken / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(IcapnetError, match="incomplete"):
         make_dataset(broken, "train", batch_size=2)
+
+
+# --------------------------------------------------------------------------- speed batching
+
+
+def _rows(ds):
+    """(feature bytes, caption tokens) of every real caption row, in order, and the batches."""
+    rows, batches = [], []
+    for feats, caps in ds:
+        feats, caps = feats.numpy(), caps.numpy()
+        batches.append((feats.shape, caps.shape))
+        per_image = caps if caps.ndim == 3 else caps[:, None, :]
+        for f, group in zip(feats, per_image, strict=True):
+            for c in group:
+                tokens = tuple(int(t) for t in c if t != 0)
+                if tokens:
+                    rows.append((f.astype(np.float16).tobytes(), tokens))
+    return rows, batches
+
+
+@pytest.mark.parametrize("batching", [
+    Batching(group_by_image=True, length_buckets=3),
+    Batching(group_by_image=False, length_buckets=3),
+    Batching(group_by_image=True, length_buckets=2, static_shapes=True),
+    Batching(group_by_image=False, length_buckets=0, static_shapes=True),
+])
+def test_bucketed_epoch_holds_every_caption_once_in_a_seeded_order(cache_dir, batching):
+    cache = open_cache(cache_dir)
+    make = lambda seed: make_dataset(cache_dir, "train", batch_size=7, seed=seed,  # noqa: E731
+                                     shuffle_buffer=16, batching=batching)
+    rows, batches = _rows(make(3))
+    assert collections.Counter(rows) == _expected_pairs(cache, "train")
+    assert len(batches) == steps_per_epoch(cache_dir, "train", 7, batching=batching)
+    assert _rows(make(3))[0] == rows  # a function of the seed (i.e. of (seed, epoch)) ...
+    assert _rows(make(4))[0] != rows  # ... and a different seed gives another order
+    per_group = 3 if batching.group_by_image else 1  # every image here has 3 captions
+    boundaries = _plan(cache, "train", batching).boundaries
+    for feats_shape, caps_shape in batches:
+        assert caps_shape[0] == feats_shape[0] <= max(1, 7 // per_group)
+        if batching.group_by_image:
+            assert len(caps_shape) == 3 and caps_shape[1] == per_group
+        if batching.static_shapes:  # full batches padded to a bucket's upper length
+            assert feats_shape[0] == max(1, 7 // per_group)
+            assert caps_shape[-1] + 1 in boundaries
+
+
+def test_buckets_pad_less_than_one_width_per_batch(cache_dir):
+    def padding(batching):
+        real = total = 0
+        for _, caps in make_dataset(cache_dir, "train", batch_size=8, seed=0,
+                                    batching=batching):
+            rows = caps.numpy().reshape(-1, caps.shape[-1])
+            rows = rows[(rows != 0).any(axis=1)]
+            real, total = real + (rows != 0).sum(), total + rows.size
+        return 1 - real / total
+
+    assert padding(Batching(length_buckets=4)) < 0.5 * padding(Batching())
+
+
+def test_grouped_rows_pad_images_with_fewer_captions(cache_dir, tmp_path):
+    """Images with fewer (or more) captions than the usual K: empty rows, or a second row."""
+    root = tmp_path / "cache"
+    shutil.copytree(cache_dir, root)
+    captions = json.loads((root / "captions.json").read_text())
+    ids = sorted(captions["train"])
+    captions["train"][ids[0]] = captions["train"][ids[0]][:1]
+    captions["train"][ids[1]] = captions["train"][ids[1]] * 2  # 6 captions: two rows of 3
+    (root / "captions.json").write_text(json.dumps(captions))
+    cache = open_cache(root)
+    batching = Batching(group_by_image=True, length_buckets=2)
+    rows, _ = _rows(make_dataset(root, "train", batch_size=6, seed=0, batching=batching))
+    assert collections.Counter(rows) == _expected_pairs(cache, "train")
+    shapes = [c.shape for _, c in make_dataset(root, "train", 6, seed=0, batching=batching)]
+    assert all(s[1] == 3 for s in shapes)
+
+
+def test_best_boundaries_minimise_the_padded_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 15, size=60)
+
+    def cost(bounds):
+        index = np.searchsorted(bounds, lengths, side="right")
+        return sum(lengths[index == b].max(initial=0) * (index == b).sum()
+                   for b in range(len(bounds)))
+
+    for buckets in (1, 2, 3):
+        best = best_boundaries(lengths, buckets)
+        assert len(best) == buckets and best[-1] == lengths.max() + 1
+        candidates = itertools.combinations(range(4, int(lengths.max()) + 1), buckets - 1)
+        brute = min(cost([*c, int(lengths.max()) + 1]) for c in candidates)
+        assert cost(best) == brute

@@ -8,8 +8,10 @@ image_id -> row of a ragged tensor, and each batch is padded only to its own lon
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from icapnet.config import TrainConfig
@@ -30,34 +32,121 @@ def _split_shards(cache: FeatureCache, split: str) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _caption_table(
-    cache: FeatureCache, split: str
-) -> tuple[tf.lookup.StaticHashTable, tf.RaggedTensor]:
-    """image_id -> row index, and rows of encoded captions [images, captions, tokens]."""
+def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle and len(paths) > 1:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(paths)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How captions are put into training batches (``TrainConfig`` decides; see config.py).
+
+    ``group_by_image``: each batch row is one image with K of its captions (K = the usual
+    number of captions per image), so the encoder and ``W1·features`` run once per image.
+    ``length_buckets``: captions (or caption groups) of similar length are batched together,
+    so a batch pads to near its own length; 0 pads each batch to its own longest caption.
+    ``static_shapes``: every batch has the same number of rows and is padded to its bucket's
+    upper length, so a batch has one of a few fixed shapes (what XLA compiles for).
+    """
+
+    group_by_image: bool = False
+    length_buckets: int = 0
+    static_shapes: bool = False
+
+    @classmethod
+    def from_config(cls, tcfg: TrainConfig) -> Batching:
+        return cls(group_by_image=bool(tcfg.group_by_image),
+                   length_buckets=int(tcfg.length_buckets),
+                   static_shapes=bool(tcfg.jit_compile) or tcfg.strategy == "tpu")
+
+
+@dataclass
+class _Plan:
+    """Caption groups of one split: K captions of one image each, shortest captions first."""
+
+    image_ids: list[str]
+    first: np.ndarray  # [images] index of the image's first group
+    count: np.ndarray  # [images] number of groups of the image
+    tokens: list[np.ndarray]  # per group [K, L] int32, empty rows (all 0) fill the last one
+    lengths: np.ndarray  # [groups] L
+    per_group: int  # K
+    boundaries: list[int]  # exclusive upper lengths of the buckets (last > every length)
+
+    def rows_per_batch(self, batch_size: int) -> int:
+        return max(1, batch_size // self.per_group)
+
+    def num_batches(self, batch_size: int, drop_remainder: bool) -> int:
+        rows = self.rows_per_batch(batch_size)
+        sizes = np.bincount(np.searchsorted(self.boundaries, self.lengths, side="right"),
+                            minlength=len(self.boundaries))
+        split = np.floor_divide if drop_remainder else lambda n, d: -(-n // d)
+        return int(sum(split(int(n), rows) for n in sizes))
+
+
+def _plan(cache: FeatureCache, split: str, batching: Batching) -> _Plan:
     vocab = cache.vocab
     captions = cache.captions.get(split, {})
     ids = sorted(captions)
-    per_image, lengths, flat = [], [], []
-    for image_id in ids:
-        encoded = [vocab.encode(c) for c in captions[image_id]]
-        encoded = [e for e in encoded if len(e) > 2]  # <start> <end> alone teaches nothing
-        per_image.append(len(encoded))
-        for tokens in encoded:
-            lengths.append(len(tokens))
-            flat.extend(tokens)
-    rows = tf.RaggedTensor.from_nested_row_lengths(
-        tf.constant(flat, tf.int32),
-        [tf.constant(per_image, tf.int64), tf.constant(lengths, tf.int64)],
-    )
     if not ids:
         raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)
-        ),
-        default_value=-1,
-    )
-    return table, rows
+    encoded = {i: sorted((e for e in (vocab.encode(c) for c in captions[i]) if len(e) > 2),
+                         key=len) for i in ids}  # <start> <end> alone teaches nothing
+    counts = [len(e) for e in encoded.values() if e]
+    per_group = 1
+    if batching.group_by_image and counts:
+        per_group = int(np.bincount(counts).argmax())  # the usual captions per image
+    first, count, tokens = [], [], []
+    for image_id in ids:
+        caps = encoded[image_id]
+        first.append(len(tokens))
+        count.append(-(-len(caps) // per_group))
+        for start in range(0, len(caps), per_group):
+            chunk = caps[start:start + per_group]
+            group = np.zeros((per_group, max(map(len, chunk))), np.int32)
+            for row, ids_ in enumerate(chunk):
+                group[row, : len(ids_)] = ids_
+            tokens.append(group)
+    if not tokens:
+        raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
+    lengths = np.array([g.shape[1] for g in tokens], np.int64)
+    buckets = batching.length_buckets or (1 if batching.static_shapes else 0)
+    boundaries = best_boundaries(lengths, buckets) if buckets else [int(lengths.max()) + 1]
+    return _Plan(ids, np.array(first, np.int64), np.array(count, np.int64), tokens, lengths,
+                 per_group, boundaries)
+
+
+def best_boundaries(lengths: np.ndarray, buckets: int) -> list[int]:
+    """Bucket upper bounds (exclusive) that minimise the padded length summed over ``lengths``.
+
+    Every item is padded to the longest length of its bucket; dynamic programming over the
+    distinct lengths finds the ``buckets`` ranges with the fewest decoder steps in total.
+    """
+    values, counts = np.unique(np.asarray(lengths), return_counts=True)
+    n, k = len(values), max(1, min(int(buckets), len(values)))
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+    # cost[j][i]: best total for the first i distinct lengths in j buckets
+    cost = np.full((k + 1, n + 1), np.inf)
+    cut = np.zeros((k + 1, n + 1), np.int64)
+    cost[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            for m in range(j - 1, i):  # bucket j holds distinct lengths m .. i-1
+                total = cost[j - 1][m] + (prefix[i] - prefix[m]) * values[i - 1]
+                if total < cost[j][i]:
+                    cost[j][i], cut[j][i] = total, m
+    ends, i = [], n
+    for j in range(k, 0, -1):
+        ends.append(int(values[i - 1]) + 1)
+        i = int(cut[j][i])
+    return sorted(ends)
 
 
 def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -82,41 +171,72 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
+    batching: Batching | None = None,
 ) -> tf.data.Dataset:
-    """(features [B,R,C] float32, captions [B,T] int32), one element per (image, caption).
+    """Training batches ``(features float16, captions int32)`` from the cache.
 
-    Captions are <start> w1 .. wn <end>, zero-padded to the longest caption in the batch.
-    Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch.
+    Default: one row per (image, caption): features [B, R, C], captions [B, T] zero-padded
+    to the batch's longest caption. With ``batching.group_by_image``: one row per image,
+    features [G, R, C] and captions [G, K, T] (G = batch_size // K), rows of zeros where an
+    image has fewer than K captions. Captions are <start> w1 .. wn <end>. Features stay
+    float16 (half the memory traffic); the model casts them where they enter it.
+    Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch;
+    ``shuffle_buffer`` counts captions.
     """
+    batching = batching or Batching()
     cache = open_cache(cache_dir)
     paths = _split_shards(cache, split)
     regions, channels = cache.feature_shape
-    table, rows = _caption_table(cache, split)
-    buffer = int(shuffle_buffer or TrainConfig().shuffle_buffer)
+    plan = _plan(cache, split, batching)
+    per_group, rows = plan.per_group, plan.rows_per_batch(batch_size)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(plan.image_ids, tf.string),
+            tf.range(len(plan.image_ids), dtype=tf.int64)),
+        default_value=-1,
+    )
+    first, count = tf.constant(plan.first), tf.constant(plan.count)
+    flat = tf.RaggedTensor.from_row_lengths(
+        tf.constant(np.concatenate([g.reshape(-1) for g in plan.tokens]), tf.int32),
+        tf.constant([g.size for g in plan.tokens], tf.int64))
+    buffer = max(1, int(shuffle_buffer or TrainConfig().shuffle_buffer) // per_group)
 
-    def pairs(serialized: tf.Tensor) -> tf.data.Dataset:
+    def groups(serialized: tf.Tensor) -> tf.data.Dataset:
         image_id, feats = parse_record(serialized, (regions, channels))
         row = table.lookup(image_id)  # -1: image without captions
-        caps = rows[tf.maximum(row, 0)]
-        count = tf.where(row >= 0, caps.nrows(), tf.constant(0, tf.int64))
-        return tf.data.Dataset.zip((
-            tf.data.Dataset.from_tensors(feats).repeat(count),
-            tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
-        ))
+        start = tf.gather(first, tf.maximum(row, 0))
+        n = tf.where(row >= 0, tf.gather(count, tf.maximum(row, 0)), tf.constant(0, tf.int64))
+        return tf.data.Dataset.range(start, start + n).map(
+            lambda g: (feats, tf.reshape(flat[g], [per_group, -1])))  # [K, L_g]
 
-    ds = _records(paths, shuffle, seed).flat_map(pairs)
+    ds = _records(paths, shuffle, seed).flat_map(groups)
     if shuffle:
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.padded_batch(
-        batch_size,
-        padded_shapes=([regions, channels], [None]),
-        padding_values=(tf.constant(0, tf.float16), tf.constant(0, tf.int32)),
-        drop_remainder=drop_remainder,
-    )
-    ds = ds.map(lambda f, c: (tf.cast(f, tf.float32), c), num_parallel_calls=AUTOTUNE)
+    padding = (tf.constant(0, tf.float16), tf.constant(0, tf.int32))
+    if batching.length_buckets or batching.static_shapes:
+        ds = ds.bucket_by_sequence_length(
+            lambda f, c: tf.shape(c)[1], plan.boundaries, [rows] * (len(plan.boundaries) + 1),
+            padded_shapes=([regions, channels], [per_group, None]), padding_values=padding,
+            pad_to_bucket_boundary=batching.static_shapes, drop_remainder=drop_remainder)
+    else:
+        ds = ds.padded_batch(rows, padded_shapes=([regions, channels], [per_group, None]),
+                             padding_values=padding, drop_remainder=drop_remainder)
+    if batching.static_shapes and not drop_remainder:
+        ds = ds.map(lambda f, c: _fill_rows(f, c, rows), num_parallel_calls=AUTOTUNE)
+    if not batching.group_by_image:
+        ds = ds.map(lambda f, c: (f, c[:, 0]), num_parallel_calls=AUTOTUNE)  # [B, T]
     return ds.prefetch(AUTOTUNE)
+
+
+def _fill_rows(features: tf.Tensor, captions: tf.Tensor, rows: int):
+    """Pad a short last batch with empty rows (zero features, no caption) to ``rows``."""
+    missing = rows - tf.shape(features)[0]
+    features = tf.pad(features, [[0, missing], [0, 0], [0, 0]])
+    captions = tf.pad(captions, [[0, missing], [0, 0], [0, 0]])
+    return (tf.ensure_shape(features, [rows, *features.shape[1:]]),
+            tf.ensure_shape(captions, [rows, *captions.shape[1:]]))
 
 
 def make_image_dataset(cache_dir: str | Path, split: str, batch_size: int) -> tf.data.Dataset:
@@ -146,8 +266,13 @@ def count_pairs(cache_dir: str | Path, split: str) -> int:
 
 
 def steps_per_epoch(
-    cache_dir: str | Path, split: str, batch_size: int, drop_remainder: bool = False
+    cache_dir: str | Path, split: str, batch_size: int, drop_remainder: bool = False,
+    batching: Batching | None = None,
 ) -> int:
     """Batches in one pass over ``split`` as :func:`make_dataset` yields them."""
-    pairs = count_pairs(cache_dir, split)
-    return pairs // batch_size if drop_remainder else math.ceil(pairs / batch_size)
+    batching = batching or Batching()
+    if not (batching.group_by_image or batching.length_buckets or batching.static_shapes):
+        pairs = count_pairs(cache_dir, split)
+        return pairs // batch_size if drop_remainder else math.ceil(pairs / batch_size)
+    plan = _plan(open_cache(cache_dir), split, batching)
+    return plan.num_batches(batch_size, drop_remainder)

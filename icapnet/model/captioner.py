@@ -33,6 +33,20 @@ def _rows(tokens) -> list:
     return [-1, int(steps) if steps is not None else tf.shape(tokens)[-1]]
 
 
+def _per_shape_function(step):
+    """Keras-style ``function(iterator) -> logs`` running ``step`` as one XLA program per
+    batch shape (``reduce_retracing=False`` keeps every trace's shapes static)."""
+    compiled = tf.function(step, jit_compile=True, reduce_retracing=False)
+
+    def function(iterator):
+        # A tf.data iterator (OutOfRangeError at the end ends Keras' epoch), or a list of
+        # batches as Keras' own function also accepts.
+        fetch = iterator.get_next if hasattr(iterator, "get_next") else iter(iterator).__next__
+        return compiled(fetch())
+
+    return function
+
+
 def _global_sum(value):
     """Sum ``value`` over all replicas (identity outside ``tf.distribute``)."""
     ctx = tf.distribute.get_replica_context()
@@ -211,6 +225,33 @@ class Captioner(keras.Model):
             return [g / replicas for g in grads]
         grads, _ = tf.clip_by_global_norm(grads, limit)
         return grads
+
+    # -- XLA ----------------------------------------------------------------------------
+    # Keras traces its train function once for the dataset's element spec, where the caption
+    # length is unknown; XLA then fails ("tf2xla conversion failed ... must be compile-time
+    # constants", in the while loop's gradient). Bucketed batches come in a few fixed shapes
+    # (data.pipeline.Batching.static_shapes), so under jit_compile the step is traced and
+    # compiled once PER SHAPE instead, from batches fetched eagerly.
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        if not self._compile_per_shape():
+            return super().make_train_function(force)
+        self.train_function = _per_shape_function(self.train_step)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        if not self._compile_per_shape():
+            return super().make_test_function(force)
+        self.test_function = _per_shape_function(self.test_step)
+        return self.test_function
+
+    def _compile_per_shape(self) -> bool:
+        return (bool(getattr(self, "jit_compile", False)) and not self.run_eagerly
+                and self.distribute_strategy.num_replicas_in_sync == 1
+                and not isinstance(self.distribute_strategy, tf.distribute.TPUStrategy))
 
     def test_step(self, data):
         features, captions = data[0], data[1]

@@ -495,8 +495,9 @@ def train(
 
     keras.utils.set_random_seed(tcfg.seed)
     previous_policy = keras.mixed_precision.global_policy().name
-    if tcfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    from icapnet.model.precision import policy_name
+
+    keras.mixed_precision.set_global_policy(policy_name(tcfg.mixed_precision, tcfg.strategy))
     try:
         run = _Run(cfg, cache_dir, out_dir, get_strategy(tcfg.strategy), read_history(out_dir))
         run.history = _fit_phases(run, vocab, verbose, extra_callbacks, on_model)
@@ -596,18 +597,21 @@ def _enter_fine_tuning(run: _Run) -> None:
 
 def _datasets(run: _Run, epoch: int) -> tuple[tf.data.Dataset, int, tf.data.Dataset | None, int]:
     """(train, train steps, val or None, val steps) for ``epoch``; the order is seeded by it."""
-    from icapnet.data.pipeline import make_dataset, steps_per_epoch
+    from icapnet.data.pipeline import Batching, make_dataset, steps_per_epoch
 
     tcfg = run.config.train
     drop = tcfg.strategy == "tpu"  # TPUs need a static batch dimension
     seed = epoch_seed(tcfg.seed, epoch)
     if run.phase == 1:
+        batching = Batching.from_config(tcfg)
         train_ds = make_dataset(run.cache_dir, "train", tcfg.batch_size, shuffle=True, seed=seed,
-                                drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer)
-        steps = steps_per_epoch(run.cache_dir, "train", tcfg.batch_size, drop_remainder=drop)
+                                drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer,
+                                batching=batching)
+        steps = steps_per_epoch(run.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
+                                batching=batching)
         try:
             val_ds = make_dataset(run.cache_dir, "val", tcfg.batch_size, shuffle=False,
-                                  drop_remainder=drop)
+                                  drop_remainder=drop, batching=batching)
         except IcapnetError:
             val_ds = None
         return train_ds, steps, val_ds, _val_steps(run, val_ds)
@@ -621,13 +625,14 @@ def _datasets(run: _Run, epoch: int) -> tuple[tf.data.Dataset, int, tf.data.Data
 
 
 def _val_steps(run: _Run, val_ds: tf.data.Dataset | None) -> int | None:
-    from icapnet.data.pipeline import steps_per_epoch
+    from icapnet.data.pipeline import Batching, steps_per_epoch
 
     if val_ds is None:
         return None
     tcfg = run.config.train
+    batching = Batching.from_config(tcfg) if run.phase == 1 else None
     return steps_per_epoch(run.cache_dir, "val", tcfg.batch_size,
-                           drop_remainder=tcfg.strategy == "tpu") or None
+                           drop_remainder=tcfg.strategy == "tpu", batching=batching) or None
 
 
 def _fit_one_epoch(run: _Run, verbose, extra_callbacks) -> None:
