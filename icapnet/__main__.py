@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "train": "train a captioner on a feature cache",
     "evaluate": "caption a split and score it (BLEU, METEOR, ROUGE-L, CIDEr)",
     "export": "export a trained model as a TensorFlow SavedModel",
+    "package": "pack a trained model into one shareable .zip (with its sha256)",
     "caption": "caption images and optionally save attention heatmaps",
     "serve": "web page and JSON API for captioning uploaded photos",
 }
