@@ -26,8 +26,8 @@ icapnet describes a photo in one sentence and shows where it looked for each wor
 Bahdanau attention, trained with teacher forcing in a custom `train_step`.
 
 This notebook runs the whole recipe: install → get Flickr8k → build the VGG16 feature cache →
-train on the GPU (mixed precision) → loss curves → test-set metrics → attention heatmaps →
-export a SavedModel → caption your own photo.
+time one epoch → train on the GPU (mixed precision) → loss curves → test-set metrics →
+attention heatmaps → export a SavedModel → caption your own photo.
 
 **Before you start:** *Runtime → Change runtime type → GPU*. A full run takes about an hour on
 a T4 (feature extraction ~10 min, training ~3 min per epoch)."""),
@@ -128,18 +128,50 @@ CACHE = WORK / "cache"
 run(prepare.main, "--dataset", DATASET, "--data-dir", DATA_DIR, "--out", CACHE,
     "--weights", WEIGHTS)"""),
     ("md", """\
-## 4. Train
+## 4. How long is one epoch here?
 
-The custom `train_step` runs teacher forcing over each batch (padded to its own longest
-caption) with the cross-entropy masked to real tokens (the doubly-stochastic attention penalty
-of Show-Attend-Tell is available as `--attention-penalty`, off by default). On a GPU
-we switch on mixed precision (`mixed_float16`; the loss stays float32). Checkpoints are written
-every epoch, so re-running the cell after a disconnect continues where it stopped."""),
+Before committing to 20 epochs, time one: the cell below trains a single epoch on the cache
+you just built (for Flickr8k that is 6,000 images × 5 captions, the same measurement as
+`benchmarks/flickr8k_epoch.py`, which reports 2 CPU cores in `benchmarks/README.md`) and prints
+the epoch time and what 20 epochs cost. On a GPU it times mixed precision with and without XLA
+(`--jit-compile`) and trains with the faster; on a CPU, XLA was measured slower, so it stays
+off."""),
+    ("code", """\
+from icapnet.model.timing import time_epoch
+
+precision = ["--mixed-precision", "auto"] if GPUS else []  # auto: float16 on a GPU
+TRAIN_FLAGS = ["--batch-size", BATCH_SIZE, *precision, *MODEL_FLAGS]
+
+
+def epoch_timing(*flags):
+    argv = ["--cache", CACHE, "--out", WORK / "epoch_timing", *TRAIN_FLAGS, *flags]
+    config = train.config_from_args(train.build_parser().parse_args([str(a) for a in argv]))
+    timing = time_epoch(config, CACHE)
+    print(f"{' '.join(map(str, TRAIN_FLAGS[2:] + list(flags))) or 'defaults'} on "
+          f"{timing.device}: one epoch {timing.epoch_s:.0f} s ({timing.steps} steps, "
+          f"{timing.captions_per_s:.0f} captions/s; tracing/compiling {timing.one_off_s:.0f} s)"
+          f" -> {EPOCHS} epochs ~ {timing.projected_s(EPOCHS) / 60:.0f} min")
+    return timing
+
+
+timings = {(): epoch_timing()}
+if GPUS:
+    timings[("--jit-compile",)] = epoch_timing("--jit-compile")
+JIT_FLAGS = list(min(timings, key=lambda k: timings[k].projected_s(EPOCHS)))
+print("training with", " ".join(TRAIN_FLAGS[2:] + JIT_FLAGS) or "the defaults")"""),
+    ("md", """\
+## 5. Train
+
+The custom `train_step` runs teacher forcing over batches of whole images (the captions of an
+image share one encoder pass) bucketed by caption length, with the cross-entropy masked to real
+tokens (the doubly-stochastic attention penalty of Show-Attend-Tell is available as
+`--attention-penalty`, off by default). On a GPU mixed precision is on (`--mixed-precision auto`:
+`mixed_float16`, the loss stays float32). Checkpoints are written every epoch, so re-running
+the cell after a disconnect continues where it stopped."""),
     ("code", """\
 MODEL_DIR = WORK / "model"
-precision = ["--mixed-precision"] if GPUS else []
-run(train.main, "--cache", CACHE, "--out", MODEL_DIR, "--epochs", EPOCHS,
-    "--batch-size", BATCH_SIZE, *precision, *MODEL_FLAGS)"""),
+run(train.main, "--cache", CACHE, "--out", MODEL_DIR, "--epochs", EPOCHS, *TRAIN_FLAGS,
+    *JIT_FLAGS)"""),
     ("md", "Training and validation loss per epoch (also saved as `loss.png` with the model):"),
     ("code", """\
 import matplotlib.pyplot as plt
@@ -152,7 +184,7 @@ ax.set_xlabel("epoch")
 plt.show()
 history.tail()"""),
     ("md", """\
-## 5. Evaluate on the test split
+## 6. Evaluate on the test split
 
 Captions are generated free-running (greedy and beam search) and scored with BLEU-1..4, plus
 METEOR, ROUGE-L and CIDEr when Java is available (it is on Colab)."""),
@@ -167,7 +199,7 @@ table = pd.DataFrame({k: {m: v for m, v in row.items() if isinstance(v, float)}
                       for k, row in metrics.items()})
 print(table.round(4).to_string())"""),
     ("md", """\
-## 6. Where does the model look?
+## 7. Where does the model look?
 
 For a few test images: the caption, and for each word the attention map over the 14×14
 regions, upsampled onto the photo."""),
@@ -194,7 +226,7 @@ for image_id, image, result in zip(test_ids, images,
         fig.savefig(HEATMAPS / f"{Path(image_id).stem}.png", dpi=80)
         display(fig)"""),
     ("md", """\
-## 7. Export a SavedModel
+## 8. Export a SavedModel
 
 The export holds everything needed to caption JPEG/PNG bytes — image decoding, VGG16, the
 vocabulary and the whole decode loop — so it can be served with TensorFlow alone (no icapnet).
@@ -207,7 +239,7 @@ exported = tf.saved_model.load(str(EXPORT_DIR))
 print("signatures:", list(exported.signatures))
 print("outputs:", sorted(exported.signatures["serving_default"].structured_outputs))"""),
     ("md", """\
-## 8. Caption your own photo
+## 9. Caption your own photo
 
 Upload a JPEG or PNG (outside Colab, a test image is used instead) and caption it with the
 exported SavedModel alone — its outputs include the words and their attention maps."""),
@@ -236,7 +268,7 @@ SavedModel are in `WORK_DIR`. Copy them to Drive to keep them after the session 
 `!cp -r /content/icapnet_run/model /content/icapnet_run/export /content/drive/MyDrive/`, and
 caption photos locally with `python -m icapnet.caption photo.jpg --model model`."""),
     ("md", """\
-## 9. Share the trained model
+## 10. Share the trained model
 
 One `.zip` holds everything needed to caption (config, vocabulary, weights, metrics, and the
 backbone file if it was fine-tuned), with a manifest of sha256 sums inside; its own sha256 is
