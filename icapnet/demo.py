@@ -462,11 +462,22 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
                           f"{_fmt(localisation[f'beam{b}'].get('attention_in_box_phrase'))}"
                           for b in beams)
         print(f"  ... averaged over its size/colour/shape words            {cells}")
+        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
+                          f"{_precision(localisation[f'beam{b}'])}" for b in beams)
+        print(f"shape words that name an object in the scene             {cells}")
     print("\noutputs")
     width = max(map(len, summary["outputs"]))
     for name, path in summary["outputs"].items():
         print(f"  {name.ljust(width)}  {path}")
     print(f"\ndone in {summary['seconds'] / 60:.1f} min")
+
+
+def _precision(loc: Mapping[str, Any]) -> str:
+    """Shape-word precision: the share of written shape words that name a real object."""
+    named, wrong = loc.get("shape_words") or 0, loc.get("unmatched_shape_words") or 0
+    if not named + wrong:
+        return "n/a (no shape words)"
+    return f"{named / (named + wrong):.1%} ({wrong} of {named + wrong} name none)"
 
 
 def _fmt(value: float | None) -> str:

@@ -71,6 +71,11 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
         assert np.load(record["attention_npz"])["attention"].shape[1:] == (14, 14)
     summary = json.loads((out / demo.SUMMARY_FILE).read_text())
     assert set(summary["attention_localisation"]) == {"beam1", "beam2"}
+    loc = summary["attention_localisation"]["beam1"]
+    line = next(t for t in printed.splitlines() if t.startswith("shape words that name"))
+    if loc["shape_words"] + loc["unmatched_shape_words"]:  # precision printed as a percentage
+        share = loc["shape_words"] / (loc["shape_words"] + loc["unmatched_shape_words"])
+        assert f"greedy: {share:.1%}" in line
     assert summary["outputs"]["model"] == str(out / "model")
     assert (out / "model" / "loss.png").is_file()
 
