@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="icapnet: override config fields, e.g. train.group_by_image=false")
     p.add_argument("--extra", nargs="*", default=[], metavar="LABEL=SECTION.FIELD=VALUE[,...]",
                    help="more icapnet variants at the tutorial's sizes, e.g. "
-                   "flat=train.group_by_image=false,train.length_buckets=0")
+                   "flat=train.group_by_image=false,train.length_buckets=0 or "
+                   "noskip=captioner.skip_finished=false")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the random-feature cache goes (default runs/bench_cache/NAME)")
     p.add_argument("--seed", type=int, default=0)
@@ -134,7 +135,8 @@ def icapnet_config(args: argparse.Namespace, tutorial_sizes: bool, extra: list[s
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
     for assignment in [*args.set, *extra]:
-        _set_field(config, assignment)
+        if not assignment.startswith("captioner."):
+            _set_field(config, assignment)
     return config
 
 
@@ -155,6 +157,10 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     # What icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
     keras.mixed_precision.set_global_policy(policy_name(t.mixed_precision))
     model = build_captioner(config)
+    for assignment in [*args.set, *extra]:  # captioner.ATTR=VALUE: an attribute of the model
+        if assignment.startswith("captioner."):
+            attr, _, raw = assignment.removeprefix("captioner.").partition("=")
+            setattr(model, attr, int(raw) if raw.isdigit() else raw.lower() == "true")
     model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), jit_compile=t.jit_compile)
     model.optimizer.build(model.trainable_variables)
     keras.mixed_precision.set_global_policy("float32")

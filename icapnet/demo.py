@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene, training (and --split random) seed")
     p.add_argument("--no-coco", action="store_true",
                    help="nltk BLEU only (skip the Java-based METEOR/ROUGE-L/CIDEr)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="backbone input size for the feature cache (default: the backbone's, "
+                   "224 for VGG16: 14x14 regions; 160 gives 10x10)")
     return p
 
 
@@ -261,6 +264,8 @@ def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[st
                 "weights": weights, "num_images": args.num_images, "seed": args.seed}
     if args.dataset == "flickr8k":
         settings["split"] = args.split
+    if args.image_size:
+        settings["image_size"] = args.image_size
     return settings
 
 
@@ -327,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise IcapnetError(f"{unknown[0]}: unknown flag (not a demo or train option)")
     require_positive(args, optional=("num_images", "epochs", "batch_size", "units",
-                                     "embedding_dim", "attention_units", "beam"))
+                                     "embedding_dim", "attention_units", "beam", "image_size"))
     if args.show < 0:
         raise IcapnetError(f"--show: must be >= 0, got {args.show}")
     synthetic = args.dataset == "synthetic"
@@ -368,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--weights", weights, *split]
     if not synthetic and args.num_images:
         prep += ["--limit", str(args.num_images)]
+    if args.image_size:
+        prep += ["--image-size", str(args.image_size)]
     _call("prepare", prepare.main, prep)
 
     stages.start(3, "training", f"training (resumes if interrupted): {model_dir}")

@@ -86,9 +86,11 @@ def _validate(config: Config) -> None:
     for name in ("embedding_dim", "units", "attention_units", "max_length"):
         if getattr(m, name) < 1:
             raise IcapnetError(f"{_flag(name)}: must be >= 1, got {getattr(m, name)}")
-    for name in ("batch_size", "shuffle_buffer"):
+    for name in ("batch_size", "shuffle_buffer", "sub_batches"):
         if getattr(t, name) < 1:
             raise IcapnetError(f"{_flag(name)}: must be >= 1, got {getattr(t, name)}")
+    if t.length_buckets < 0:
+        raise IcapnetError(f"--length-buckets: must be >= 0, got {t.length_buckets}")
     if t.epochs < 0 or t.fine_tune_epochs < 0:
         raise IcapnetError("--epochs / --fine-tune-epochs: must be >= 0")
     if not 0.0 <= m.dropout < 1.0:

@@ -404,3 +404,30 @@ def test_bfloat16_policy_trains_with_float32_logits():
         assert all(w.dtype == np.float32 for w in model.get_weights())  # float32 masters
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sub_batches_give_the_same_loss_and_gradients(cell):
+    """Rows sorted by length and decoded in sub-batches: only padding work is skipped."""
+    rng = np.random.default_rng(3)
+    features = tf.constant(rng.normal(size=(7, R, F)).astype(np.float32))
+    captions = np.zeros((7, 9), np.int32)
+    for row, length in enumerate([3, 9, 5, 2, 6, 9, 4]):  # <start> .. <end>, then padding
+        captions[row, :length] = [1, *rng.integers(4, 20, length - 2), 2]
+    model = Captioner(tiny_config(decoder=cell, init_state="mean"), attention_penalty=0.5)
+
+    def loss_and_grads(sub_batches):
+        model.sub_batches = sub_batches
+        with tf.GradientTape() as tape:
+            loss, stats = model.compute_losses(features, tf.constant(captions), training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        return float(loss), float(stats["correct"]), [tf.convert_to_tensor(g).numpy()
+                                                      for g in grads]
+
+    whole = loss_and_grads(1)
+    for sub_batches in (2, 3, 10):  # 10 > rows: some sub-batches are empty
+        loss, correct, grads = loss_and_grads(sub_batches)
+        assert loss == pytest.approx(whole[0], rel=1e-6) and correct == whole[1]
+        for g, w in zip(grads, whole[2], strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-6)
+    assert Captioner.from_config(model.get_config()).sub_batches == 10

@@ -207,3 +207,22 @@ def test_mirrored_strategy_matches_single_device():
     for key in ("loss", "token_loss", "attention_penalty", "accuracy"):
         assert out["logs2"][key] == pytest.approx(out["logs1"][key], rel=1e-5), key
         assert out["val2"][key] == pytest.approx(out["val1"][key], rel=1e-5), key
+
+
+def test_grouped_bucketed_training_runs_and_counts_its_steps(tmp_path):
+    """The speed options end to end: whole-image batches, length buckets, exact step counts."""
+    cache = write_cache(tmp_path / "cache")
+    config = _config()
+    config.train.epochs, config.train.group_by_image, config.train.length_buckets = 1, True, 2
+    steps = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+
+    history = train(config, cache, tmp_path / "m", verbose=0, extra_callbacks=[Count()])
+    assert list(history["epoch"]) == [0] and np.isfinite(history["val_loss"]).all()
+    # 24 images x 2 captions in groups of 2, 8 captions a batch = 4 images: 2 length buckets
+    assert len(steps) == 6
+    saved = Config.load(tmp_path / "m")
+    assert saved.train.group_by_image and saved.train.length_buckets == 2

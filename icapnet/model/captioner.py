@@ -69,6 +69,7 @@ class Captioner(keras.Model):
         config: ModelConfig | dict[str, Any],
         attention_penalty: float = 0.0,
         clip_norm: float = 5.0,
+        sub_batches: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,6 +78,7 @@ class Captioner(keras.Model):
         self.model_config = config
         self.attention_penalty = float(attention_penalty)
         self.clip_norm = float(clip_norm)
+        self.sub_batches = int(sub_batches)  # see teacher_forcing; TrainConfig.sub_batches
         self.encoder = CNNEncoder(config.embedding_dim, config.dropout, name="encoder")
         self.decoder = Decoder(
             vocab_size=config.vocab_size,
@@ -120,14 +122,43 @@ class Captioner(keras.Model):
         ``features`` [G, R, F]: the encoder and ``W1·features`` then run once per image.
         Outputs have one row per caption either way."""
         features, captions_in = inputs
-        encoded = self.encoder(features, training=training)
+        return self.teacher_forcing(features, captions_in, training=training)
+
+    def teacher_forcing(self, features, captions_in, training=False, sub_batches: int = 1):
+        """:meth:`call`. With ``sub_batches`` > 1 (flat captions) the rows are sorted by
+        length and cut into that many sub-batches, each decoded only up to its own longest
+        caption: a batch padded to its longest caption otherwise runs every caption to that
+        length. The batch, its loss and gradients stay the same (positions past a caption's
+        end are padding: zero outputs, masked out of the loss); only padding work goes."""
         if captions_in.shape.rank == 3:
             group = captions_in.shape[1]
             if group is None:
                 raise ValueError("grouped captions [G, K, T] need a static K")
+            encoded = self.encoder(features, training=training)
             captions_in = tf.reshape(captions_in, _rows(captions_in))
             return self.decoder((encoded, captions_in), training=training, group=int(group))
-        return self.decoder((encoded, captions_in), training=training)
+        if sub_batches <= 1:
+            encoded = self.encoder(features, training=training)
+            return self.decoder((encoded, captions_in), training=training)
+        lengths = tf.reduce_sum(tf.cast(captions_in != 0, tf.int32), axis=1)
+        order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+        # Sorted inputs (no gradient to carry back), longest caption first.
+        encoded = self.encoder(tf.gather(features, order), training=training)
+        captions_in, lengths = tf.gather(captions_in, order), tf.gather(lengths, order)
+        rows, steps = tf.shape(captions_in)[0], tf.shape(captions_in)[1]
+        size = (rows + sub_batches - 1) // sub_batches
+        logits, alphas = [], []
+        for k in range(sub_batches):
+            start = tf.minimum(k * size, rows)
+            end = tf.minimum(start + size, rows)
+            width = tf.reduce_max(tf.concat([lengths[start:end], [1]], 0))  # own longest
+            part_logits, part_alphas = self.decoder(
+                (encoded[start:end], captions_in[start:end, :width]), training=training)
+            pad = [[0, 0], [0, steps - width], [0, 0]]
+            logits.append(tf.pad(part_logits, pad))
+            alphas.append(tf.pad(part_alphas, pad))
+        inverse = tf.math.invert_permutation(order)
+        return (tf.gather(tf.concat(logits, 0), inverse), tf.gather(tf.concat(alphas, 0), inverse))
 
     def encode(self, features, training=False):
         """[B, R, F] -> encoded regions [B, R, E]."""
@@ -155,7 +186,8 @@ class Captioner(keras.Model):
         """
         captions = tf.cast(captions, tf.int32)
         inputs, labels = captions[..., :-1], captions[..., 1:]
-        logits, alphas = self((features, inputs), training=training)
+        logits, alphas = self.teacher_forcing(features, inputs, training=training,
+                                              sub_batches=self.sub_batches)
         labels = tf.reshape(labels, _rows(labels))  # one row per caption
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
         # Rows without a token (padding of a grouped or fixed-size batch) are not captions.
@@ -265,6 +297,7 @@ class Captioner(keras.Model):
             "config": dataclasses.asdict(self.model_config),
             "attention_penalty": self.attention_penalty,
             "clip_norm": self.clip_norm,
+            "sub_batches": self.sub_batches,
         }
 
     @classmethod

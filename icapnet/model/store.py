@@ -44,7 +44,7 @@ def build_captioner(config: Config):
     from icapnet.model.captioner import Captioner
 
     return Captioner(config.model, attention_penalty=config.train.attention_penalty,
-                     clip_norm=config.train.clip_norm)
+                     clip_norm=config.train.clip_norm, sub_batches=config.train.sub_batches)
 
 
 def load_model_dir(model_dir: str | Path):
