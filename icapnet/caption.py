@@ -66,9 +66,17 @@ def find_default_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
 
 
 def resolve_model(model: str | None) -> Path:
-    """``--model`` checked up front (before TensorFlow loads), or the newest saved model."""
+    """``--model`` checked up front (before TensorFlow loads), or the newest saved model.
+
+    A packaged ``.zip`` or an http(s) URL of one becomes its unpacked folder in the model
+    cache (``icapnet.model.hub``).
+    """
     if model is None:
         return find_default_model()
+    if model.lower().startswith(("http://", "https://")) or model.lower().endswith(".zip"):
+        from icapnet.model.hub import fetch_model
+
+        return fetch_model(model)
     path = Path(model)
     if not path.exists():
         raise IcapnetError(f"{path}: model directory not found")
@@ -135,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Unreadable images are reported on stderr and the exit code is 1.",
     )
     parser.add_argument("images", nargs="+", metavar="IMG", help="image file, folder or glob")
-    parser.add_argument("--model", help=f"model dir (default: newest in {DEFAULT_MODELS_DIR}/)")
+    parser.add_argument("--model", help="model dir, packaged .zip or http(s) URL of one "
+                        f"(default: newest in {DEFAULT_MODELS_DIR}/)")
     parser.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="longest caption in tokens (default: the model's max_length)")

@@ -224,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam size evaluated next to greedy (default 3)")
     p.add_argument("--show", type=int, default=6, metavar="N",
                    help="held-out images to caption with attention heatmaps (default 6)")
-    p.add_argument("--seed", type=int, default=0, help="scene and training seed")
+    p.add_argument("--split", choices=("official", "random"), default="official",
+                   help="flickr8k: the published split (default) or a random 80/10/10 split "
+                   "by image, seeded by --seed (synthetic scenes are always split at random)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="scene, training (and --split random) seed")
     p.add_argument("--no-coco", action="store_true",
                    help="nltk BLEU only (skip the Java-based METEOR/ROUGE-L/CIDEr)")
     return p
@@ -253,8 +257,11 @@ class _Stages:
 
 def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[str, Any]:
     """What the scenes and the feature cache depend on (a reused folder must agree)."""
-    return {"dataset": args.dataset, "data_dir": str(data_dir.resolve()),
-            "weights": weights, "num_images": args.num_images, "seed": args.seed}
+    settings = {"dataset": args.dataset, "data_dir": str(data_dir.resolve()),
+                "weights": weights, "num_images": args.num_images, "seed": args.seed}
+    if args.dataset == "flickr8k":
+        settings["split"] = args.split
+    return settings
 
 
 def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
@@ -324,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show < 0:
         raise IcapnetError(f"--show: must be >= 0, got {args.show}")
     synthetic = args.dataset == "synthetic"
+    random_split = not synthetic and args.split == "random"
     if not synthetic and not args.data_dir:
         raise IcapnetError("--data-dir: required for --dataset flickr8k "
                            "(get it with 'python -m icapnet.download --data-dir D')")
@@ -350,12 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from icapnet.data.synthetic import ensure_scenes
 
         ensure_scenes(data_dir, args.num_images, seed=args.seed)
-    dataset = load_dataset(args.dataset, data_dir)
+    split = ["--split", "random", "--seed", str(args.seed)] if random_split else []
+    dataset = load_dataset(args.dataset, data_dir,
+                           **({"split": "random", "seed": args.seed} if random_split else {}))
     print(f"  {len(dataset.images)} images")
 
     stages.start(2, "features", f"feature cache ({weights} weights): {cache_dir}")
     prep = ["--dataset", args.dataset, "--data-dir", str(data_dir), "--out", str(cache_dir),
-            "--weights", weights]
+            "--weights", weights, *split]
     if not synthetic and args.num_images:
         prep += ["--limit", str(args.num_images)]
     _call("prepare", prepare.main, prep)

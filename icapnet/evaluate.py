@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.evaluate",
         description="Caption every image of a split (free-running) and score the captions.",
     )
-    parser.add_argument("--model", help="model directory (default: newest in saved_models/)")
+    parser.add_argument("--model", help="model directory, packaged .zip or http(s) URL of one "
+                        "(default: newest in saved_models/)")
     parser.add_argument("--split", default="test", help="train | val | test (default: test)")
     parser.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
     parser.add_argument("--cache", help="feature cache (default: the one the model trained on)")

@@ -242,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m icapnet.export",
         description="Export a trained model as a TensorFlow SavedModel that captions image bytes.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="trained model directory")
+    parser.add_argument("--model", required=True,
+                        help="trained model directory, packaged .zip or http(s) URL of one")
     parser.add_argument("--out", required=True, type=Path, help="SavedModel output directory")
     parser.add_argument(
         "--beam", type=int, default=1, help="default beam size baked in (1 = greedy)"
@@ -259,8 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override the backbone weights recorded in the model (imagenet | none | .h5)",
     )
     args = parser.parse_args(argv)
+    from icapnet.caption import resolve_model
+
     out = export_saved_model(
-        args.model,
+        resolve_model(args.model),
         args.out,
         feature_weights=args.feature_weights,
         beam_size=args.beam,

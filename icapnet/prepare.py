@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from icapnet.config import DataConfig, FeatureConfig
 from icapnet.data.datasets import DATASETS, CaptionDataset, load_dataset
+from icapnet.data.splits import SPLIT_CHOICES
 from icapnet.errors import require_positive, run_cli
 
 
@@ -46,7 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="use only the first N images of each split (quick experiments)")
     p.add_argument("--shard-size", type=int, default=256, help="images per TFRecord shard")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads")
-    p.add_argument("--seed", type=int, default=None, help="seed of the 80/10/10 fallback split")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default=None,
+                   help="flickr8k: 'official' (default; the published 6000/1000/1000 lists, "
+                   "from split files beside the data or else shipped with icapnet) or "
+                   "'random' (a seeded 80/10/10 split by image; scores then do not compare "
+                   "with published ones)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of --split random (and of COCO's val/test halves)")
     p.add_argument("--images-dir", default=None, help="karpathy/coco: folder of the images")
     p.add_argument("--json-file", default=None, help="karpathy: which split JSON to read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,6 +69,8 @@ def limit_dataset(dataset: CaptionDataset, limit: int) -> CaptionDataset:
         images={i: p for i, p in dataset.images.items() if i in keep},
         captions={i: c for i, c in dataset.captions.items() if i in keep},
         splits=splits,
+        split_info=None if dataset.split_info is None else {**dataset.split_info,
+                                                            "limit": limit},
         boxes=None if dataset.boxes is None else {
             i: b for i, b in dataset.boxes.items() if i in keep},
     )
@@ -77,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from icapnet.data.features import build_cache, cache_summary, feature_config_for, open_cache
 
     started = time.time()
-    dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed,
+    dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed, split=args.split,
                            images_dir=args.images_dir, json_file=args.json_file)
     if args.limit:
         dataset = limit_dataset(dataset, args.limit)
@@ -92,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"feature cache: {args.out}")
     print(f"  backbone  {info['backbone']}/{info['layer']} (weights {info['weights']}), "
           f"{info['image_size']} px -> {regions} regions x {channels} float16")
+    split_info = cache.manifest.get("split") or {}
+    if split_info:
+        lost = sum(split_info.get("missing", {}).values())
+        print(f"  split     {split_info['source']}"
+              + (f"; {lost} listed image(s) missing" if lost else "")
+              + (f"; {split_info['unlisted']} in no list, left out"
+                 if split_info.get("unlisted") else "")
+              + (f"; first {split_info['limit']} per split" if split_info.get("limit") else ""))
     for split, counts in info["splits"].items():
         print(f"  {split:<5}     {counts['images']} images, {counts['captions']} captions")
     print(f"  vocabulary {info['vocab_size']} words (min count {args.min_count}, "

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"model directory (default: the newest folder under {DEFAULT_MODELS_DIR}/ "
+        help="model directory, packaged .zip or http(s) URL of one "
+        f"(default: the newest folder under {DEFAULT_MODELS_DIR}/ "
         "with a config.json)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")

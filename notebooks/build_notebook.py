@@ -237,6 +237,28 @@ The model folder (`config.json`, `vocab.json`, weights, `metrics.json`, `loss.pn
 SavedModel are in `WORK_DIR`. Copy them to Drive to keep them after the session ends, e.g.
 `!cp -r /content/icapnet_run/model /content/icapnet_run/export /content/drive/MyDrive/`, and
 caption photos locally with `python -m icapnet.caption photo.jpg --model model`."""),
+    ("md", """\
+## 9. Share the trained model
+
+One `.zip` holds everything needed to caption (config, vocabulary, weights, metrics, and the
+backbone file if it was fine-tuned), with a manifest of sha256 sums inside; its own sha256 is
+printed and written next to it. Anyone can then caption with `--model icapnet-model.zip`, or
+with `--model https://your-host/icapnet-model.zip#sha256=…` once it is online (downloaded
+once into `~/.cache/icapnet/models`, checked, unpacked). In Colab the browser downloads it."""),
+    ("code", """\
+from icapnet import package
+
+PACKAGE = WORK / "icapnet-model.zip"
+run(package.main, "--model", MODEL_DIR, "--out", PACKAGE)
+SHA256 = PACKAGE.with_name(PACKAGE.name + ".sha256").read_text().split()[0]
+print(f"caption with: python -m icapnet.caption photo.jpg --model {PACKAGE.name}")
+print(f"or, once online: --model https://YOUR-HOST/{PACKAGE.name}#sha256={SHA256}")
+try:
+    from google.colab import files
+
+    files.download(str(PACKAGE))
+except ImportError:  # not in Colab: the package stays in WORK_DIR
+    pass"""),
 ]
 
 

@@ -521,6 +521,7 @@ def build_cache(
 
     manifest: dict[str, Any] = {
         "version": CACHE_VERSION, **settings, "dataset": dataset.name,
+        "split": dataset.split_info,  # where the train/val/test lists came from
         "feature_shape": old.get("feature_shape") if old else None,
         "images": {}, "shards": {}, "skipped": {}, "complete": False,
     }
