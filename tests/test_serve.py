@@ -374,9 +374,12 @@ def test_openapi_and_page(client) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     for needle in ('id="file-input"', 'id="caption-button"', 'id="beam-size"', "/static/app.js"):
         assert needle in page.text
-    for asset in ("app.js", "style.css", "favicon.svg"):
+    scripts = ("heatmap.js", "info.js", "downloads.js", "app.js")
+    for asset in (*scripts, "style.css", "favicon.svg"):
         assert client.get(f"/static/{asset}").status_code == 200
-    assert "://" not in page.text + client.get("/static/app.js").text  # no CDN: works offline
+        assert f"/static/{asset}" in page.text
+    code = page.text + "".join(client.get(f"/static/{name}").text for name in scripts)
+    assert "://" not in code  # no CDN: works offline
 
 
 class _Overlap:

@@ -16,6 +16,10 @@ Conventions:
   gives exactly the greedy caption and score.
 - Beam size and max length may be Python ints or scalar int32 tensors (the export feeds
   them as signature inputs): all shapes inside are dynamic, nothing is retraced.
+
+The module is a little over 400 lines because greedy search, beam search and the top-k
+candidates share the emit mask, the length penalty and the per-model compiled functions;
+apart they would each need those and the export would import three modules.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icapnet import __version__
@@ -40,6 +39,15 @@ from icapnet.errors import IcapnetError
 from icapnet.web.examples import Example, find_examples
 from icapnet.web.info import model_info, read_metrics
 from icapnet.web.memory import release_freed_memory
+from icapnet.web.schemas import (
+    ERRORS,
+    FIGURE_FORMATS,
+    MAX_CANDIDATES,
+    CaptionResponse,
+    ErrorResponse,
+    HealthResponse,
+    request_body_schema,
+)
 from icapnet.web.upload import (
     UploadError,
     format_size,
@@ -54,8 +62,6 @@ DEFAULT_MAX_BEAM_SIZE = 10
 MAX_PIXELS = 64_000_000  # a 64-megapixel PNG still decodes to ~200 MB inside Pillow
 DECODE_MAX_SIDE = 1024  # uploads are decoded no larger than this (long side)
 MAX_CONCURRENT_DECODES = 2
-MAX_CANDIDATES = 5  # beam captions listed on the page
-FIGURE_FORMATS = {"png": "image/png", "gif": "image/gif"}
 _PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -71,52 +77,6 @@ class CaptionPredictor(Protocol):
         self, images: list[np.ndarray], beam_size: int = 1, max_length: int | None = None,
         length_penalty: float = 0.0, num_candidates: int = 1,
     ) -> list[Any]: ...
-
-
-class CandidateResponse(BaseModel):
-    caption: str
-    score: float = Field(description="Log-probability (length-normalised for beam > 1).")
-
-
-class CaptionResponse(BaseModel):
-    caption: str = Field(description="The sentence the model wrote.")
-    words: list[str] = Field(description="The caption's words, one per attention map.")
-    score: float = Field(
-        description="Log-probability of the caption (length-normalised for beam > 1)."
-    )
-    attention: list[list[list[float]]] = Field(
-        description="Attention over the g x g image regions for each word: [T][g][g]."
-    )
-    end_attention: list[list[float]] | None = Field(
-        default=None,
-        description="Attention of the step that wrote <end> ([g][g]); null if the caption "
-        "was cut at the maximum length.",
-    )
-    candidates: list[CandidateResponse] = Field(
-        default_factory=list,
-        description=f"The beam's best captions, best first (at most {MAX_CANDIDATES}); the "
-        "first is this caption.",
-    )
-    beam_size: int
-    elapsed_ms: float = Field(description="Time spent captioning on the server.")
-
-
-class ErrorResponse(BaseModel):
-    detail: str = Field(description="One-line explanation of what was wrong with the request.")
-
-
-class HealthResponse(BaseModel):
-    status: str
-    model: str
-    version: str
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Malformed upload: missing, empty or not a file."},
-    413: {"model": ErrorResponse, "description": "Upload larger than the server's limit."},
-    415: {"model": ErrorResponse, "description": "Not multipart/form-data, or not an image."},
-    422: {"model": ErrorResponse, "description": "Corrupt image, or a form field out of range."},
-}
 
 
 class NoSniff:
@@ -261,9 +221,9 @@ def create_app(
     @app.post(
         "/api/caption",
         response_model=CaptionResponse,
-        responses=_ERRORS,
+        responses=ERRORS,
         tags=["captioning"],
-        openapi_extra={"requestBody": _request_body_schema(max_upload_bytes, max_beam_size)},
+        openapi_extra={"requestBody": request_body_schema(max_upload_bytes, max_beam_size)},
     )
     async def caption(request: Request) -> dict[str, Any]:
         """Caption an uploaded photo (multipart field ``image``, optional ``beam_size``)."""
@@ -276,11 +236,11 @@ def create_app(
         responses={
             200: {"content": {kind: {} for kind in FIGURE_FORMATS.values()},
                   "description": "The attention figure, as a file download."},
-            **_ERRORS,
+            **ERRORS,
         },
         tags=["captioning"],
         openapi_extra={
-            "requestBody": _request_body_schema(max_upload_bytes, max_beam_size, figure=True)
+            "requestBody": request_body_schema(max_upload_bytes, max_beam_size, figure=True)
         },
     )
     async def attention(request: Request) -> Response:
@@ -377,41 +337,4 @@ def _result_json(result: Any, beam_size: int, elapsed_ms: float) -> dict[str, An
                        for c in candidates[:MAX_CANDIDATES]],
         "beam_size": beam_size,
         "elapsed_ms": round(elapsed_ms, 1),
-    }
-
-
-def _request_body_schema(
-    max_upload_bytes: int, max_beam_size: int, figure: bool = False
-) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "image": {
-            "type": "string",
-            "format": "binary",
-            "description": (
-                "The photo (JPEG, PNG, GIF, BMP, WebP or TIFF), at most "
-                f"{format_size(max_upload_bytes)}."
-            ),
-        },
-        "beam_size": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": max_beam_size,
-            "default": 1,
-            "description": "Beam width; 1 is greedy decoding.",
-        },
-    }
-    if figure:
-        properties["format"] = {
-            "type": "string",
-            "enum": list(FIGURE_FORMATS),
-            "default": "png",
-            "description": "png: every word side by side; gif: one word per frame.",
-        }
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["image"], "properties": properties}
-            }
-        },
     }

@@ -1,8 +1,8 @@
 // icapnet page: upload a photo (or pick an example), caption it via POST /api/caption, and
-// draw each word's attention map (g x g, smoothly upsampled) over the photo on a <canvas>.
-// The overlay uses the same encoding as the downloadable figure (icapnet/plots/attention.py):
-// plasma colours, one scale for every word, opacity following the attention so the photo's
-// own colours show where the model did not look. Plain JS, no build step.
+// draw each word's attention map over the photo on a <canvas> (heatmap.js: the figure
+// download's encoding), with the word chips right under it. info.js fills "About this model".
+// downloads.js makes the downloads. Plain JS, no build step. This file is the page's
+// controller: one state object shared by the handlers below, kept together on purpose.
 "use strict";
 
 (() => {
@@ -280,9 +280,7 @@
       state.labels.push("<end>");
       state.maps.push(result.end_attention);
     }
-    state.vmax = 0;
-    for (const map of state.maps) for (const row of map) for (const v of row) state.vmax = Math.max(state.vmax, v);
-    if (!(state.vmax > 0)) state.vmax = 1;
+    state.vmax = window.IcapnetHeatmap.peak(state.maps);
 
     els.resultEmpty.hidden = true;
     els.result.hidden = false;
@@ -360,61 +358,9 @@
     redraw();
   }
 
-  // ---------- heatmaps ----------
-  // matplotlib's "plasma", sampled: the figure download uses the same colours.
-  const PLASMA = [
-    [0.0, [13, 8, 135]], [0.125, [76, 2, 161]], [0.25, [126, 3, 168]], [0.375, [170, 35, 149]],
-    [0.5, [204, 71, 120]], [0.625, [230, 108, 92]], [0.75, [248, 149, 64]],
-    [0.875, [253, 197, 39]], [1.0, [240, 249, 33]],
-  ];
-  function colour(t) {
-    for (let k = 1; k < PLASMA.length; k++) {
-      if (t <= PLASMA[k][0]) {
-        const [t0, c0] = PLASMA[k - 1];
-        const [t1, c1] = PLASMA[k];
-        const f = (t - t0) / (t1 - t0 || 1);
-        return c0.map((v, j) => Math.round(v + f * (c1[j] - v)));
-      }
-    }
-    return PLASMA[PLASMA.length - 1][1];
-  }
-
-  // The g x g map as a tiny RGBA canvas on the shared scale; drawImage upsamples it smoothly.
-  // Opacity grows with the square root of the attention above the uniform share, so the
-  // photo shows unchanged where the model looked nowhere in particular.
-  function heatTile(map) {
-    const rows = map.length;
-    const cols = map[0] ? map[0].length : 0;
-    const tile = document.createElement("canvas");
-    tile.width = cols;
-    tile.height = rows;
-    if (!rows || !cols) return tile;
-    const floor = Math.min(1 / (rows * cols), 0.5 * state.vmax);
-    const ctx = tile.getContext("2d");
-    const pixels = ctx.createImageData(cols, rows);
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const v = map[r][c];
-        const [red, green, blue] = colour(Math.min(1, Math.max(0, v / state.vmax)));
-        const focus = Math.min(1, Math.max(0, (v - floor) / (state.vmax - floor)));
-        const k = 4 * (r * cols + c);
-        pixels.data[k] = red;
-        pixels.data[k + 1] = green;
-        pixels.data[k + 2] = blue;
-        pixels.data[k + 3] = Math.round(255 * Math.sqrt(focus));
-      }
-    }
-    ctx.putImageData(pixels, 0, 0);
-    return tile;
-  }
-
+  // ---------- heatmaps (drawing: heatmap.js) ----------
   function drawHeat(ctx, map, width, height, alpha) {
-    ctx.save();
-    ctx.globalAlpha = alpha;
-    ctx.imageSmoothingEnabled = true;
-    ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(heatTile(map), 0, 0, width, height);
-    ctx.restore();
+    window.IcapnetHeatmap.draw(ctx, map, width, height, alpha, state.vmax);
   }
 
   function clearOverlay() {
@@ -470,185 +416,16 @@
     window.addEventListener("resize", fitPreview);
   }
 
-  // ---------- downloads ----------
-  function stem() {
-    const name = state.file ? state.file.name : "photo";
-    return (name.replace(/\.[^.]+$/, "") || "photo").replace(/[^\w.-]+/g, "_");
-  }
-
-  function saveBlob(blob, name) {
-    const url = URL.createObjectURL(blob);
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = name;
-    document.body.appendChild(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 30000);
-  }
-
-  els.downloadTxt.addEventListener("click", () => {
-    if (!state.result) return;
-    saveBlob(new Blob([state.result.caption + "\n"], { type: "text/plain" }), `${stem()}_caption.txt`);
-  });
-
-  els.downloadJson.addEventListener("click", () => {
-    const r = state.result;
-    if (!r) return;
-    const data = {
-      file: state.file ? state.file.name : null,
-      model: state.info ? state.info.name : null,
-      caption: r.caption, words: r.words, score: r.score, beam_size: r.beam_size,
-      candidates: r.candidates || [], attention: r.attention, end_attention: r.end_attention,
-    };
-    saveBlob(new Blob([JSON.stringify(data, null, 1) + "\n"], { type: "application/json" }),
-      `${stem()}_caption.json`);
-  });
-
-  // The figures are drawn on the server by the same renderer as the command line's.
-  async function downloadFigure(format, button) {
-    if (!state.result || !state.file) return;
-    const form = new FormData();
-    form.append("image", state.file, state.file.name);
-    form.append("beam_size", String(state.result.beam_size));
-    form.append("format", format);
-    button.disabled = true;
-    button.setAttribute("aria-busy", "true");
-    setStatus(`Drawing the ${format.toUpperCase()}…`);
-    try {
-      const response = await fetch("/api/attention", { method: "POST", body: form });
-      if (!response.ok) throw new Error(errorText(response, await readJson(response)));
-      saveBlob(await response.blob(), `${stem()}_attention.${format}`);
-      setStatus(`Saved ${stem()}_attention.${format}.`, "ok");
-    } catch (err) {
-      setStatus(err instanceof TypeError ? "Could not reach the server. Is it still running?" : err.message, "error");
-    } finally {
-      button.disabled = false;
-      button.removeAttribute("aria-busy");
-    }
-  }
-  els.downloadPng.addEventListener("click", () => downloadFigure("png", els.downloadPng));
-  els.downloadGif.addEventListener("click", () => downloadFigure("gif", els.downloadGif));
+  // ---------- downloads (downloads.js) ----------
+  window.IcapnetDownloads.attach(
+    { txt: els.downloadTxt, json: els.downloadJson, png: els.downloadPng, gif: els.downloadGif },
+    { file: () => state.file, result: () => state.result, info: () => state.info, setStatus });
 
   // ---------- model info ----------
   function formatBytes(bytes) {
     if (bytes >= 1024 * 1024) return `${+(bytes / (1024 * 1024)).toPrecision(3)} MB`;
     if (bytes >= 1024) return `${+(bytes / 1024).toPrecision(3)} KB`;
     return `${bytes} bytes`;
-  }
-
-  function formatValue(value) {
-    if (typeof value === "number") {
-      if (Number.isInteger(value)) return value.toLocaleString("en");
-      return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(3);
-    }
-    if (typeof value === "boolean") return value ? "yes" : "no";
-    if (value === null || value === undefined || value === "") return "—";
-    if (typeof value === "object") return JSON.stringify(value);
-    return String(value);
-  }
-
-  function humanise(key) {
-    const text = String(key).replace(/_/g, " ");
-    return text.charAt(0).toUpperCase() + text.slice(1);
-  }
-
-  function table(rows) {
-    const tableEl = document.createElement("table");
-    tableEl.className = "kv";
-    const body = document.createElement("tbody");
-    for (const [key, value] of rows) {
-      const tr = document.createElement("tr");
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = key;
-      const td = document.createElement("td");
-      td.textContent = formatValue(value);
-      tr.append(th, td);
-      body.appendChild(tr);
-    }
-    tableEl.appendChild(body);
-    return tableEl;
-  }
-
-  function metricsTable(summary) {
-    const tableEl = document.createElement("table");
-    tableEl.className = "metrics";
-    tableEl.id = "metrics-table";
-    const caption = document.createElement("caption");
-    const images = summary.num_images ? ` · ${formatValue(summary.num_images)} images` : "";
-    caption.textContent = `${humanise(summary.split)} split${images}`;
-    const head = document.createElement("thead");
-    const headRow = document.createElement("tr");
-    for (const label of ["Metric", ...summary.columns.map((c) => c.label)]) {
-      const th = document.createElement("th");
-      th.scope = "col";
-      th.textContent = label;
-      headRow.appendChild(th);
-    }
-    head.appendChild(headRow);
-    const body = document.createElement("tbody");
-    for (const row of summary.rows) {
-      const tr = document.createElement("tr");
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = row.metric;
-      tr.appendChild(th);
-      for (const value of row.values) {
-        const td = document.createElement("td");
-        td.textContent = value === null ? "—" : value.toFixed(3);
-        tr.appendChild(td);
-      }
-      body.appendChild(tr);
-    }
-    tableEl.append(caption, head, body);
-    return tableEl;
-  }
-
-  function block(title, content) {
-    const section = document.createElement("section");
-    const h = document.createElement("h3");
-    h.textContent = title;
-    section.append(h, content);
-    return section;
-  }
-
-  function renderInfo(info) {
-    const grid = document.createElement("div");
-    grid.className = "info-grid";
-    const m = info.model;
-    const b = info.backbone;
-    grid.appendChild(block("Model", table([
-      ["Name", info.name],
-      ["Decoder", `${m.decoder.toUpperCase()} · ${m.units} units`],
-      ["Attention", m.attention === "bahdanau" ? `Bahdanau (${m.attention_units} units)` : m.attention],
-      ["Vocabulary", `${formatValue(info.vocab_size)} words`],
-      ["Backbone", `${b.name} ${b.layer} (${b.grid}×${b.grid} regions)`],
-    ])));
-    const dataRows = Object.entries(info.training_data || {}).map(([k, v]) => [humanise(k), v]);
-    if (info.training) {
-      dataRows.push(["Epochs trained", info.training.epochs]);
-      if ("val_loss" in info.training) dataRows.push(["Final val loss", info.training.val_loss]);
-      else if ("loss" in info.training) dataRows.push(["Final loss", info.training.loss]);
-    }
-    const dataBlock = block("Trained on", table(dataRows));
-    dataBlock.id = "training-data";
-    grid.appendChild(dataBlock);
-    let metrics;
-    if (info.metrics_summary) {
-      metrics = metricsTable(info.metrics_summary);
-    } else {
-      metrics = document.createElement("p");
-      metrics.innerHTML = '<span class="badge">not evaluated yet</span>';
-      const hint = document.createElement("small");
-      hint.className = "muted";
-      hint.textContent = " Run python -m icapnet.evaluate to score it.";
-      metrics.appendChild(hint);
-    }
-    const metricsBlock = block("Test metrics", metrics);
-    metricsBlock.id = "test-metrics";
-    grid.appendChild(metricsBlock);
-    els.info.replaceChildren(grid);
   }
 
   async function loadInfo() {
@@ -668,7 +445,7 @@
       els.beam.max = String(info.limits.max_beam_size);
       if (Number(els.beam.value) > info.limits.max_beam_size) els.beam.value = String(info.limits.max_beam_size);
       els.beamValue.textContent = els.beam.value;
-      renderInfo(info);
+      window.IcapnetInfo.render(els.info, info);
     } catch (err) {
       els.info.textContent = `Could not load model information (${err.message}).`;
     }
