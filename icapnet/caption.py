@@ -14,9 +14,12 @@ corrupt, truncated, not an image, unsupported) gives one ``error: PATH: problem`
 stderr; the other images are still captioned and the exit code is 1. A bad ``--model``
 (or no model under ``saved_models/``) is a one-line error with exit code 2.
 
-``--attention-dir D`` writes, per image, ``D/<stem>_attention.png`` (one panel per word: the
-14x14 map upsampled to the photo's size, over the photo) and ``D/<stem>_attention.npz``
-(``words``, raw ``attention`` [T,14,14], ``caption``, ``image_path``, ``image_size``, ``score``).
+``--attention-dir D`` writes, per image, ``D/<stem>_attention.png`` (the photo, then one panel
+per word and ``<end>``: the 14x14 map over the photo, opacity following the attention, one
+shared colour scale; see :mod:`icapnet.plots.attention`) -- or ``.gif`` stepping through the
+words with ``--attention-format gif`` -- and ``D/<stem>_attention.npz`` (``words``, raw
+``attention`` [T,14,14], ``end_attention``, ``caption``, ``image_path``, ``image_size``,
+``score``).
 """
 
 from __future__ import annotations
@@ -146,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="longest caption in tokens (default: the model's max_length)")
     parser.add_argument("--attention-dir", type=Path, metavar="D",
-                        help="write an attention grid PNG and the raw maps (.npz) per image")
+                        help="write an attention figure and the raw maps (.npz) per image")
+    parser.add_argument("--attention-format", choices=("png", "gif"), default="png",
+                        help="attention figure: png (all words side by side, default) or gif "
+                        "(animated, one word per frame)")
     parser.add_argument("--json", action="store_true", help="JSON lines with path, caption, score")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--feature-weights", default=None,
@@ -167,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tqdm.auto import tqdm
 
-    from icapnet.visualize import attention_grid, save_attention_npz
+    from icapnet.plots import attention_gif, attention_grid, save_attention_npz
+
+    draw = attention_grid if args.attention_format == "png" else attention_gif
 
     predictor = load_predictor(model_dir, args.feature_weights)
     single = len(paths) == 1 and not errors
@@ -190,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "score": float(result.score), "words": list(result.words)}
                 if args.attention_dir is not None:
                     record.update(_write_attention(args.attention_dir, path, image, result,
-                                                   used_stems, attention_grid, save_attention_npz))
+                                                   used_stems, draw, save_attention_npz,
+                                                   args.attention_format))
                 if args.json:
                     print(json.dumps(record, ensure_ascii=False), flush=True)
                 elif single:
@@ -201,16 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _write_attention(out_dir, path, image, result, used_stems, attention_grid, save_npz) -> dict:
-    """PNG grid + raw .npz for one image; returns their paths for the JSON record."""
+def _write_attention(out_dir, path, image, result, used_stems, draw, save_npz, fmt) -> dict:
+    """Attention figure (PNG or GIF) + raw .npz for one image; their paths for the record."""
     stem = _unique_stem(path, used_stems)
     words = list(result.words)
     npz = save_npz(out_dir / f"{stem}.npz", words, result.attention, result.caption,
-                   image_path=path, image_size=image.shape[:2], score=float(result.score))
+                   image_path=path, image_size=image.shape[:2], score=float(result.score),
+                   end_attention=result.end_attention)
     out = {"attention_npz": str(npz)}
     if words:
-        out["attention_png"] = str(attention_grid(image, words, result.attention,
-                                                  out_dir / f"{stem}.png"))
+        figure = out_dir / f"{stem}.{fmt}"
+        draw(image, words, result.attention, figure, caption=result.caption,
+             end_attention=result.end_attention)
+        out[f"attention_{fmt}"] = str(figure)
     else:
         print(f"note: {path}: empty caption, no attention grid drawn", file=sys.stderr)
     return out

@@ -201,8 +201,9 @@ print(table.round(4).to_string())"""),
     ("md", """\
 ## 7. Where does the model look?
 
-For a few test images: the caption, and for each word the attention map over the 14×14
-regions, upsampled onto the photo."""),
+For a few test images: the photo, then for each word (and `<end>`) the attention map over
+the 14×14 regions laid onto the photo. Opacity follows the attention, so the photo's colours
+show where the model did not look; all panels share one colour scale."""),
     ("code", """\
 from IPython.display import display
 
@@ -222,7 +223,8 @@ for image_id, image, result in zip(test_ids, images,
                                    predictor.caption_images(images, beam_size=BEAM)):
     print(f"{image_id}: {result.caption}\\n  reference: {dataset.captions[image_id][0]}")
     if result.words:
-        fig = attention_figure(image, result.words, result.attention)
+        fig = attention_figure(image, result.words, result.attention, result.caption,
+                               result.end_attention)
         fig.savefig(HEATMAPS / f"{Path(image_id).stem}.png", dpi=80)
         display(fig)"""),
     ("md", """\
@@ -259,7 +261,7 @@ words = [w.decode() for w in out["words"].numpy()[0][: out["lengths"].numpy()[0]
 print(f"SavedModel caption for {Path(name).name}: {caption}")
 if words:
     image = tf.io.decode_image(photo, channels=3, expand_animations=False).numpy()
-    display(attention_figure(image, words, out["attention"].numpy()[0][: len(words)]))"""),
+    display(attention_figure(image, words, out["attention"].numpy()[0][: len(words)], caption))"""),
     ("md", """\
 ## Keep the results
 
