@@ -38,3 +38,29 @@ def test_cli_flag_bare_means_auto():
     assert parsed("--mixed-precision", "bfloat16") == "bfloat16"
     with pytest.raises(SystemExit):
         parsed("--mixed-precision", "float8")
+
+
+def test_backbone_precision_and_bfloat16_features_agree_with_float32():
+    import numpy as np
+
+    from icapnet.config import FeatureConfig
+    from icapnet.data.features import build_feature_extractor
+    from icapnet.model.precision import backbone_precision, cpu_has_native_bfloat16
+
+    assert backbone_precision("float32") == "float32"
+    assert backbone_precision("auto") == ("bfloat16" if cpu_has_native_bfloat16() else "float32")
+    with pytest.raises(ValueError, match="precision"):
+        backbone_precision("float8")
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        extractor = build_feature_extractor(FeatureConfig(weights="none", image_size=64,
+                                                          precision=precision))
+        convs = [la for m in extractor.layers if hasattr(m, "layers") for la in m.layers
+                 if "conv" in la.name]
+        assert convs and all(la.compute_dtype == precision for la in convs)
+        assert all(w.dtype == "float32" for la in convs for w in la.weights)  # same weights
+        out[precision] = np.asarray(extractor(images))
+        assert out[precision].dtype == np.float32
+    error = np.abs(out["bfloat16"] - out["float32"]).mean() / np.abs(out["float32"]).mean()
+    assert 0 < error < 0.03

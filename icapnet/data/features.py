@@ -172,6 +172,11 @@ def build_feature_extractor(cfg: FeatureConfig) -> keras.Model:
         )
     size = int(cfg.image_size)
     base = _build_base(spec, weights, size)
+    from icapnet.model.precision import backbone_precision
+
+    if backbone_precision(cfg.precision) == "bfloat16":  # weights stay float32
+        for layer in base.layers:
+            layer.dtype_policy = keras.dtype_policies.get("mixed_bfloat16")
     try:
         cut = base.get_layer(cfg.layer).output
     except ValueError:

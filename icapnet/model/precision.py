@@ -4,12 +4,15 @@ float16 needs loss scaling and pays off on GPUs with tensor cores; bfloat16 has 
 range (no loss scaling) and is what TPUs and recent CPUs compute natively. "auto" picks per
 device from what was measured (benchmarks/README.md, "mixed precision"): float16 on GPUs of
 compute capability >= 7.0, bfloat16 on TPUs, and float32 on CPUs, where neither was faster
-for this model (the attention step is elementwise work that CPUs do in float32 anyway).
+for the captioner (its attention step is elementwise work that CPUs do in float32 anyway).
+The backbone is another matter: VGG16 is convolutions, which a CPU with native bfloat16
+(AVX512_BF16 / AMX) runs twice as fast (``backbone_precision``).
 """
 
 from __future__ import annotations
 
 PRECISIONS = ("off", "float16", "bfloat16", "auto")
+BACKBONE_PRECISIONS = ("float32", "bfloat16", "auto")
 _POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -41,3 +44,27 @@ def policy_name(mode: object, strategy: str = "default") -> str:
         if capability and tuple(capability) >= (7, 0):
             return "mixed_float16"
     return "float32"
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AVX512_BF16 or AMX on this (Linux) CPU: bfloat16 matmuls/convolutions run natively."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def backbone_precision(mode: str) -> str:
+    """FeatureConfig.precision -> "float32" or "bfloat16" on this machine."""
+    mode = str(mode).strip().lower()
+    if mode not in BACKBONE_PRECISIONS:
+        raise ValueError(f"backbone precision must be one of {BACKBONE_PRECISIONS}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    return "bfloat16" if cpu_has_native_bfloat16() else "float32"
