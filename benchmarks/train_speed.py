@@ -269,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         settings[name] = s
     for spec in args.extra:
         label, _, assignments = spec.partition("=")
-        name = f"ours-{label}"
-        v, s = icapnet_variant(name, cache, args, True, [a for a in assignments.split(",") if a])
+        name = f"ours-{label}"  # a label starting "default" varies the default configuration
+        v, s = icapnet_variant(name, cache, args, not label.startswith("default"),
+                               [a for a in assignments.split(",") if a])
         variants.append(v)
         settings[name] = s
     threads = tf.config.threading.get_intra_op_parallelism_threads()
@@ -304,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
 def _ratios(results: dict) -> dict:
     out = {}
     for ours in (n for n in results if n.startswith("ours")):
-        if ours != "ours-tutorial-sizes" and not ours.startswith("ours-default"):
-            base = results.get("ours-tutorial-sizes")
+        if ours not in ("ours-tutorial-sizes", "ours-default"):
+            base_name = "ours-default" if ours.startswith("ours-default") else "ours-tutorial-sizes"
+            base = results.get(base_name)
             if base:
-                out[f"{ours} / ours-tutorial-sizes"] = {
+                out[f"{ours} / {base_name}"] = {
                     "wall": results[ours]["captions_per_s"] / base["captions_per_s"],
                     "cpu": base["cpu_s_per_1000_captions"]
                     / results[ours]["cpu_s_per_1000_captions"]}

@@ -173,9 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tqdm.auto import tqdm
 
-    from icapnet.plots import attention_gif, attention_grid, save_attention_npz
+    draw = save_attention_npz = None
+    if args.attention_dir is not None:  # matplotlib costs ~0.7 CPU-s: only when drawing
+        from icapnet.plots import attention_gif, attention_grid, save_attention_npz
 
-    draw = attention_grid if args.attention_format == "png" else attention_gif
+        draw = attention_grid if args.attention_format == "png" else attention_gif
 
     predictor = load_predictor(model_dir, args.feature_weights)
     single = len(paths) == 1 and not errors

@@ -103,9 +103,14 @@ class Captioner(keras.Model):
     def _build_all(self) -> None:
         """Create every variable now, so weights can be loaded / checkpointed before training."""
         cfg = self.model_config
-        features = tf.zeros([1, cfg.num_regions, cfg.feature_dim])
-        tokens = tf.ones([1, 2], tf.int32)
-        self((features, tokens), training=False)
+        self.build(((None, cfg.num_regions, cfg.feature_dim), (None, None)))
+
+    def build(self, input_shape=None) -> None:
+        """Variables from shapes alone, not by running a forward pass: an eager pass through
+        the decoder loop cost ~0.4-0.9 CPU-seconds of every cold ``icapnet.caption``."""
+        cfg = self.model_config
+        self.encoder.build((None, cfg.num_regions, cfg.feature_dim))
+        self.decoder.build(((None, cfg.num_regions, cfg.embedding_dim), (None, None)))
 
     @property
     def state_size(self) -> int:

@@ -60,6 +60,14 @@ class BahdanauAttention(keras.layers.Layer):
         self.W2 = keras.layers.Dense(self.units, name="W2")
         self.V = keras.layers.Dense(1, name="V")
 
+    def build(self, input_shape) -> None:
+        """``(features [B, R, E], hidden [B, H])`` shapes -> W2 and V (W1 is built by the
+        caller that computes the keys). Given only the features' shape (a first call), the
+        layers build when they first run."""
+        if input_shape and isinstance(input_shape[0], (tuple, list)):
+            self.W2.build(tuple(input_shape[1]))
+            self.V.build((None, self.units))
+
     def precompute_keys(self, features):
         """[B, R, E] -> [B, R, A]: the hidden-independent half of the score."""
         return self.W1(features)
@@ -185,6 +193,23 @@ class Decoder(keras.layers.Layer):
         # float32 logits even under a mixed policy: softmax / CE need the range.
         self.fc2 = keras.layers.Dense(self.vocab_size, dtype="float32", name="fc2")
 
+    def build(self, input_shape) -> None:
+        """Every variable from ``(encoded [B, R, E], tokens [B, T])`` shapes, no forward pass."""
+        encoded_shape = tuple(input_shape[0])
+        context_dim = int(encoded_shape[-1])
+        self.embedding.build((None,))
+        if isinstance(self.attention, BahdanauAttention):  # W1 runs at this level
+            self.attention.W1.build((None, context_dim))
+        self.attention.build((encoded_shape, (None, self.units)))
+        self.cell.build((None, context_dim + self.embedding_dim))
+        for dense in (self.init_h, self.init_c):
+            if dense is not None:
+                dense.build((None, context_dim))
+        if self.gate is not None:
+            self.gate.build((None, self.units))
+        self.fc1.build((None, self.units + (context_dim if self.deep_output else 0)))
+        self.fc2.build((None, self.units))
+
     @property
     def state_size(self) -> int:
         """Width S of the packed state tensor [B, S]."""
@@ -210,7 +235,7 @@ class Decoder(keras.layers.Layer):
     # models are unchanged); the gate arithmetic below is Keras' GRUCell (reset_after) /
     # LSTMCell, and both teacher forcing and step decoding use it, so they agree exactly.
     def _cell_weights(self, context_dim: int):
-        if not self.cell.built:  # only its weights are used, so it is never called
+        if not self.cell.built:  # only its weights are used: it is built, never called
             self.cell.build((None, int(context_dim) + self.embedding_dim))
         dtype = self.compute_dtype
         kernel = tf.cast(self.cell.kernel, dtype)
