@@ -13,15 +13,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
-
-CONFIG_FILE = "config.json"
-
+from icapnet.layout import CONFIG_FILE
 
 # Recipe of the random ("none") backbone: seeded He-normal, first kernel scaled to unit-RMS
 # output. Configs saved before the recipe was recorded used plain He-normal (LEGACY_...).
 RANDOM_BACKBONE = "he-normal+unit-rms"
 LEGACY_RANDOM_BACKBONE = "he-normal"
+
+# The values a choice field may take: the layers, the training loop and the CLI flags all
+# read them from here.
+DECODERS = ("gru", "lstm")
+ATTENTIONS = ("bahdanau", "none")
+INIT_STATES = ("zeros", "mean")
+STRATEGIES = ("default", "mirrored", "tpu")
+CHOICES = {"decoder": DECODERS, "attention": ATTENTIONS, "init_state": INIT_STATES,
+           "strategy": STRATEGIES}
 
 
 @dataclass
@@ -53,15 +61,15 @@ class ModelConfig:
     # them: on benchmarks/quality_synthetic.py attention-in-box at shape words went from 0.37
     # (0.5) to 0.64 (0.2) with better BLEU-4 (0.80 -> 0.82).
     dropout: float = 0.2
-    decoder: str = "gru"  # "gru" | "lstm"
-    attention: str = "bahdanau"  # "bahdanau" | "none" (mean-pooled baseline)
+    decoder: str = "gru"  # DECODERS
+    attention: str = "bahdanau"  # ATTENTIONS ("none": the mean-pooled baseline)
     deep_output: bool = False  # attention context also feeds the word projection (SAT's L_z)
     # Dropout on the state carried between steps (training only). A decoder that can memorise
     # an object from one glance stops looking at it; with 0.3 attention at shape words moved
     # from ~0.2 to ~0.5 of the mass on objects (benchmarks/quality_synthetic.py).
     state_dropout: float = 0.3
     context_gate: bool = False  # sigmoid gate on the context (Show-Attend-Tell's beta)
-    init_state: str = "mean"  # "zeros" (image only via attention) | "mean" (Show-Attend-Tell)
+    init_state: str = "mean"  # INIT_STATES: "zeros" (image only via attention) | "mean" (SAT)
     num_regions: int = 196
     feature_dim: int = 512
     max_length: int = 40  # longest caption the decoder will write, <end> included
@@ -83,7 +91,7 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: bool = False
     jit_compile: bool = False
-    strategy: str = "default"  # "default" | "mirrored" | "tpu"
+    strategy: str = "default"  # STRATEGIES
     early_stopping_patience: int = 5
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
@@ -113,6 +121,32 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Reject values the model or the training loop cannot use, in one line naming the
+        flag (config fields and ``train`` flags share their names)."""
+        m, t = self.model, self.train
+        for section in (m, t):
+            for name, allowed in CHOICES.items():
+                value = getattr(section, name, None)
+                if value is not None and value not in allowed:
+                    raise IcapnetError(f"{_flag(name)}: {value!r} is not one of "
+                                       f"{', '.join(allowed)}")
+        for name in ("embedding_dim", "units", "attention_units", "max_length"):
+            _at_least(name, getattr(m, name), 1)
+        for name in ("batch_size", "shuffle_buffer"):
+            _at_least(name, getattr(t, name), 1)
+        _at_least("epochs", t.epochs, 0)
+        _at_least("fine_tune_epochs", t.fine_tune_epochs, 0)
+        for name in ("dropout", "state_dropout"):
+            if not 0.0 <= getattr(m, name) < 1.0:
+                raise IcapnetError(f"{_flag(name)}: must be in [0, 1), got {getattr(m, name)}")
+        for name in ("learning_rate", "fine_tune_learning_rate"):
+            if not getattr(t, name) > 0:
+                raise IcapnetError(f"{_flag(name)}: must be > 0, got {getattr(t, name)}")
+        if t.fine_tune_epochs and not t.fine_tune_from:
+            raise IcapnetError("--fine-tune-epochs: needs --fine-tune-from LAYER "
+                               "(e.g. block5_conv1)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
@@ -145,6 +179,15 @@ class Config:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
         return cls.from_dict(raw)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise IcapnetError(f"{_flag(name)}: must be >= {low}, got {value}")
 
 
 _SECTION_TYPES = {

@@ -32,15 +32,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path (file or directory) that replaces ``path`` only on success.
 
     The caller writes whatever it likes at the yielded path; on normal exit it is renamed
-    over ``path`` (an existing directory is swapped out), on error it is removed.
+    over ``path`` (an existing directory is swapped out), on error it is removed. ``suffix``
+    ends the temporary name, for writers that insist on one (Keras: ``.weights.h5``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}{suffix}"
     _remove(tmp)
     try:
         yield tmp

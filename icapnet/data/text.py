@@ -16,10 +16,10 @@ from pathlib import Path
 
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
+from icapnet.layout import VOCAB_FILE
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.json"
 _FORMAT = "icapnet-vocab-1"
 _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
 _NON_WORD = re.compile(r"[^\w\s]|_")
