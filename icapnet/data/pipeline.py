@@ -8,13 +8,15 @@ image_id -> row of a ragged tensor, and each batch is padded only to its own lon
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
 from icapnet.config import TrainConfig
-from icapnet.data.features import FeatureCache, open_cache, parse_record
+from icapnet.data.cache import FeatureCache, open_cache, parse_record
 from icapnet.errors import IcapnetError
+from icapnet.layout import CACHE_CAPTIONS_FILE
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -50,7 +52,7 @@ def _caption_table(
         [tf.constant(per_image, tf.int64), tf.constant(lengths, tf.int64)],
     )
     if not ids:
-        raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
+        raise IcapnetError(f"{cache.root / CACHE_CAPTIONS_FILE}: no '{split}' captions")
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)
@@ -73,6 +75,46 @@ def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
     )
 
 
+class _Pairs:
+    """The (features, caption) stream of one split, built once and shared by every epoch."""
+
+    def __init__(self, cache_dir: str | Path, split: str, shuffle_buffer: int | None) -> None:
+        cache = open_cache(cache_dir)
+        self.paths = _split_shards(cache, split)
+        self.shape = cache.feature_shape
+        self.table, self.rows = _caption_table(cache, split)
+        self.buffer = int(shuffle_buffer or TrainConfig().shuffle_buffer)
+
+    def _pairs(self, serialized: tf.Tensor) -> tf.data.Dataset:
+        image_id, feats = parse_record(serialized, self.shape)
+        row = self.table.lookup(image_id)  # -1: image without captions
+        caps = self.rows[tf.maximum(row, 0)]
+        count = tf.where(row >= 0, caps.nrows(), tf.constant(0, tf.int64))
+        return tf.data.Dataset.zip((
+            tf.data.Dataset.from_tensors(feats).repeat(count),
+            tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
+        ))
+
+    def stream(self, shuffle: bool, seed: int | tf.Tensor) -> tf.data.Dataset:
+        ds = _records(self.paths, shuffle, seed).flat_map(self._pairs)
+        if shuffle:
+            ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=True)
+        return ds
+
+    def batch(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+        return ds.padded_batch(
+            batch_size,
+            padded_shapes=(list(self.shape), [None]),
+            padding_values=(tf.constant(0, tf.float16), tf.constant(0, tf.int32)),
+            drop_remainder=drop_remainder,
+        )
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+    ds = ds.map(lambda f, c: (tf.cast(f, tf.float32), c), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
 def make_dataset(
     cache_dir: str | Path,
     split: str,
@@ -88,35 +130,38 @@ def make_dataset(
     Captions are <start> w1 .. wn <end>, zero-padded to the longest caption in the batch.
     Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch.
     """
-    cache = open_cache(cache_dir)
-    paths = _split_shards(cache, split)
-    regions, channels = cache.feature_shape
-    table, rows = _caption_table(cache, split)
-    buffer = int(shuffle_buffer or TrainConfig().shuffle_buffer)
-
-    def pairs(serialized: tf.Tensor) -> tf.data.Dataset:
-        image_id, feats = parse_record(serialized, (regions, channels))
-        row = table.lookup(image_id)  # -1: image without captions
-        caps = rows[tf.maximum(row, 0)]
-        count = tf.where(row >= 0, caps.nrows(), tf.constant(0, tf.int64))
-        return tf.data.Dataset.zip((
-            tf.data.Dataset.from_tensors(feats).repeat(count),
-            tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
-        ))
-
-    ds = _records(paths, shuffle, seed).flat_map(pairs)
-    if shuffle:
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    source = _Pairs(cache_dir, split, shuffle_buffer)
+    ds = source.stream(shuffle, seed)
     if repeat:
         ds = ds.repeat()
-    ds = ds.padded_batch(
-        batch_size,
-        padded_shapes=([regions, channels], [None]),
-        padding_values=(tf.constant(0, tf.float16), tf.constant(0, tf.int32)),
-        drop_remainder=drop_remainder,
-    )
-    ds = ds.map(lambda f, c: (tf.cast(f, tf.float32), c), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return _finish(source.batch(ds, batch_size, drop_remainder))
+
+
+def make_epochs_dataset(
+    cache_dir: str | Path,
+    split: str,
+    batch_size: int,
+    seeds: Sequence[int],
+    drop_remainder: bool = False,
+    shuffle_buffer: int | None = None,
+) -> tf.data.Dataset:
+    """Like :func:`make_dataset`, for several epochs in a row: one shuffled epoch per seed.
+
+    Each epoch is shuffled by its own seed and batched on its own (no batch straddles two
+    epochs), so epoch ``e`` holds the same batches whether a run starts at epoch 0 or
+    resumes at ``e``: what one ``fit()`` over many epochs needs for exact resume. The
+    cardinality is set, so a mismatch with ``steps_per_epoch`` fails loudly.
+    """
+    source = _Pairs(cache_dir, split, shuffle_buffer)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("make_epochs_dataset needs at least one epoch seed")
+    epochs = tf.data.Dataset.from_tensor_slices(tf.constant(seeds, tf.int64))
+    ds = epochs.flat_map(
+        lambda seed: source.batch(source.stream(True, seed), batch_size, drop_remainder))
+    steps = steps_per_epoch(cache_dir, split, batch_size, drop_remainder)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
+    return _finish(ds)
 
 
 def make_image_dataset(cache_dir: str | Path, split: str, batch_size: int) -> tf.data.Dataset:
