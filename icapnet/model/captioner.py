@@ -18,13 +18,24 @@ from icapnet.config import ModelConfig
 from icapnet.model.layers import PACKAGE, CNNEncoder, Decoder
 
 
-def masked_token_loss(labels, logits):
-    """Mean sparse cross-entropy over non-pad (id != 0) tokens only: [B, T], [B, T, V] -> scalar."""
-    labels = tf.convert_to_tensor(labels)
+def masked_token_ce(labels, logits):
+    """Sparse cross-entropy summed over real (id != 0) tokens, and their count.
+
+    ``labels`` [B, T] int, ``logits`` [B, T, V] -> (sum over real tokens, number of them), both
+    float32 scalars. Training divides the sum by the GLOBAL token count (all replicas), so this
+    returns the two halves instead of a mean.
+    """
+    labels = tf.cast(labels, tf.int32)
     mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        labels=labels, logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
+
+
+def masked_token_loss(labels, logits):
+    """Mean sparse cross-entropy over non-pad (id != 0) tokens only: [B, T], [B, T, V] -> scalar."""
+    total, count = masked_token_ce(labels, logits)
+    return total / tf.maximum(count, 1.0)
 
 
 def _global_sum(value):
@@ -51,6 +62,8 @@ class Captioner(keras.Model):
         clip_norm: float = 5.0,
         **kwargs,
     ) -> None:
+        # A fixed name: checkpoints of the fine-tuner address the captioner inside it by name.
+        kwargs.setdefault("name", "captioner")
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = ModelConfig(**config)
@@ -128,9 +141,7 @@ class Captioner(keras.Model):
         inputs, labels = captions[:, :-1], captions[:, 1:]
         logits, alphas = self((features, inputs), training=training)
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        local_tokens = tf.reduce_sum(mask)
-        local_ce = tf.reduce_sum(ce * mask)
+        local_ce, local_tokens = masked_token_ce(labels, logits)
         batch = tf.cast(tf.shape(captions)[0], tf.float32)
         global_tokens = tf.maximum(_global_sum(local_tokens), 1.0)
         global_batch = tf.maximum(_global_sum(batch), 1.0)
@@ -164,16 +175,31 @@ class Captioner(keras.Model):
         self.penalty_tracker.update_state(stats["penalty"] / batch, sample_weight=stats["batch"])
         return {m.name: m.result() for m in self.metrics}
 
-    # -- steps --------------------------------------------------------------------------
+    # -- steps ----------------------------------------------------------------------------
     def train_step(self, data):
         features, captions = data[0], data[1]
+        return self.gradient_step(lambda: features, captions, self.trainable_variables,
+                                  self.optimizer)
+
+    def test_step(self, data):
+        return self.score_batch(data[0], data[1])
+
+    def gradient_step(self, features_fn, captions, variables, optimizer) -> dict:
+        """One optimiser step on the teacher-forced loss; returns the metrics.
+
+        ``features_fn()`` runs under the gradient tape, so a model wrapping the captioner
+        (the fine-tuner: features from a trainable backbone) takes exactly this step too.
+        """
         with tf.GradientTape() as tape:
-            loss, stats = self.compute_losses(features, captions, training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        grads = self.clip_gradients(grads, variables, self.optimizer)
-        self.optimizer.apply(grads, variables)
+            loss, stats = self.compute_losses(features_fn(), captions, training=True)
+            scaled = optimizer.scale_loss(loss)
+        grads = self.clip_gradients(tape.gradient(scaled, variables), variables, optimizer)
+        optimizer.apply(grads, variables)
+        return self.update_metrics(loss, stats)
+
+    def score_batch(self, features, captions) -> dict:
+        """Evaluation step: losses and accuracy of one batch, without training."""
+        loss, stats = self.compute_losses(features, captions, training=False)
         return self.update_metrics(loss, stats)
 
     def clip_gradients(self, grads, variables, optimizer):
@@ -194,15 +220,10 @@ class Captioner(keras.Model):
         grads, _ = tf.clip_by_global_norm(grads, limit)
         return grads
 
-    def test_step(self, data):
-        features, captions = data[0], data[1]
-        loss, stats = self.compute_losses(features, captions, training=False)
-        return self.update_metrics(loss, stats)
-
     # -- serialisation ------------------------------------------------------------------
     def get_config(self) -> dict:
         return {
-            "name": self.name,
+            **super().get_config(),
             "config": dataclasses.asdict(self.model_config),
             "attention_penalty": self.attention_penalty,
             "clip_norm": self.clip_norm,
