@@ -1,0 +1,127 @@
+"""Callbacks of a training run: what is written after each epoch, and plateau callbacks
+whose counters survive a restart.
+
+Keras' own ``EarlyStopping`` / ``ReduceLROnPlateau`` keep their counters in memory only;
+the subclasses here hand them to the checkpoint and take them back on resume, so a resumed
+run stops (and lowers its learning rate) exactly when the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import pandas as pd
+
+from icapnet.layout import LOG_DIR, LOSS_PLOT_FILE, write_history
+from icapnet.model.checkpoints import TrainState, load_best, save_best, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class _Resumable:
+    """Mix-in: ``state()`` for the checkpoint; the counters given as ``resume`` are restored
+    when training begins (after Keras resets them)."""
+
+    STATE: tuple[str, ...] = ()
+    resume: Mapping[str, Any] | None = None
+
+    def state(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.STATE}
+        return {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # type: ignore[misc]
+        for name, value in (self.resume or {}).items():
+            setattr(self, name, value)
+
+
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+    STATE = ("best", "wait", "best_epoch")
+
+
+class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
+    STATE = ("best", "wait", "cooldown_counter")
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch, in this order: history row, loss plot, best weights, checkpoint.
+
+    It must come last in the callback list, after the plateau callbacks, so the checkpoint
+    holds the learning rate and the counters the next epoch will use. When the phase ends
+    (its last epoch, or early stopping fired) the best weights are restored before the
+    checkpoint is written, so the next phase and the saved model start from them.
+    """
+
+    def __init__(self, model_dir: Path, phase: int, phase_end: int, history: pd.DataFrame,
+                 monitor: str, plateau: Mapping[str, _Resumable]) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.phase = phase
+        self.phase_end = phase_end
+        self.history = history
+        self.monitor = monitor
+        self.plateau = plateau
+        self.state: TrainState | None = None  # set once an epoch has finished
+        self._learning_rate = math.nan
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
+               "learning_rate": self._learning_rate, "phase": self.phase}
+        self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
+        write_history(self.model_dir, self.history)
+        plot_history(self.history, self.model_dir / LOSS_PLOT_FILE)
+        values = self._phase_values()
+        if values and values[-1] <= min(values):
+            save_best(self.model_dir, self.model)
+        ends = bool(self.model.stop_training) or epoch + 1 >= self.phase_end
+        if ends:
+            load_best(self.model_dir, self.model)
+        self.state = TrainState(
+            next_epoch=self.phase_end if ends else epoch + 1,
+            next_phase=self.phase + 1 if ends else self.phase,
+            model_phase=self.phase,
+            callbacks={name: cb.state() for name, cb in self.plateau.items()},
+        )
+        save_checkpoint(self.model_dir, self.state, self.model, self.model.optimizer)
+
+    def _phase_values(self) -> list[float]:
+        rows = self.history[self.history["phase"] == self.phase]
+        column = self.monitor if self.monitor in rows else "loss"
+        return [float(v) for v in rows[column]]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def plot_history(history: pd.DataFrame, path: Path) -> None:
+    """Redraw loss.png; a plot must never stop training, so failures are logged once."""
+    try:
+        from icapnet.visualize import plot_loss_curves
+
+        plot_loss_curves(history, path)
+    except Exception as err:
+        _warn_once("plot", "%s: could not draw loss curves (%s)", path, err)
+
+
+def tensorboard(model_dir: Path) -> list[keras.callbacks.Callback]:
+    """TensorBoard logs under MODEL/logs when the tensorboard package is installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        _warn_once("tensorboard", "tensorboard is not installed: no TensorBoard logs "
+                   "(pip install tensorboard)")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(model_dir / LOG_DIR))]
