@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from icapnet import cli
 from icapnet.errors import IcapnetError, run_cli
 
 EXPORT_INFO_FILE = "icapnet_export.json"
@@ -49,9 +47,9 @@ def build_serving_module(
     """A ``tf.Module`` with ``caption(images, beam_size, max_length)`` (see module doc)."""
     import tensorflow as tf
 
-    from icapnet.data.features import resize_images
     from icapnet.data.text import Vocabulary
     from icapnet.inference.decoding import beam_graph, greedy_graph
+    from icapnet.model.backbone import resize_images
 
     regions = int(extractor.output.shape[1])
     grid = math.isqrt(regions)
@@ -164,7 +162,7 @@ def export_saved_model(
     max_length: int | None = None,
     length_penalty: float = 0.0,
 ) -> Path:
-    """Export ``model_dir`` to ``out_dir`` (written atomically); also ensures model.keras."""
+    """Export ``model_dir`` to ``out_dir`` (written atomically)."""
     import tensorflow as tf
 
     from icapnet.inference.predictor import Predictor
@@ -181,7 +179,6 @@ def export_saved_model(
         raise IcapnetError(f"{out_dir}: exists and is not a directory")
     _log(f"loading {model_dir}")
     predictor = Predictor.from_dir(model_dir, feature_weights)
-    ensure_keras_file(model_dir, predictor.model)
     config = predictor.config
     length = int(max_length or config.model.max_length)
     _log("building the serving graph (backbone + decoder + vocabulary)")
@@ -216,49 +213,25 @@ def export_saved_model(
     return out_dir
 
 
-def ensure_keras_file(model_dir: Path, model: Any) -> Path:
-    """Write ``model_dir/model.keras`` (Keras' native format) if it is missing, atomically."""
-    import tempfile
-
-    from icapnet.io import atomic_path
-
-    path = Path(model_dir) / "model.keras"
-    if path.is_file():
-        return path
-    _log(f"writing {path}")
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=model_dir) as work:
-        staged = Path(work) / "model.keras"  # Keras insists on the .keras suffix
-        model.save(str(staged))
-        os.replace(staged, tmp)
-    return path
-
-
 def _log(message: str) -> None:
     print(f"export: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m icapnet.export",
         description="Export a trained model as a TensorFlow SavedModel that captions image bytes.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="trained model directory")
+    cli.add_model_flag(parser, required=True)
     parser.add_argument("--out", required=True, type=Path, help="SavedModel output directory")
-    parser.add_argument(
-        "--beam", type=int, default=1, help="default beam size baked in (1 = greedy)"
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="default longest caption (config's)"
-    )
-    parser.add_argument(
-        "--length-penalty", type=float, default=0.0, help="GNMT length penalty alpha for beams"
-    )
-    parser.add_argument(
-        "--feature-weights",
-        default=None,
-        help="override the backbone weights recorded in the model (imagenet | none | .h5)",
-    )
-    args = parser.parse_args(argv)
+    cli.add_decoding_flags(parser, beam_help="default beam size baked in (1 = greedy)",
+                           length_penalty=True, feature_weights=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.start()
     out = export_saved_model(
         args.model,
         args.out,

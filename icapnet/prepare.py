@@ -8,15 +8,13 @@ cache are an error (use a new ``--out``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 
+from icapnet import cli
 from icapnet.config import DataConfig, FeatureConfig
-from icapnet.data.datasets import DATASETS, CaptionDataset, load_dataset
+from icapnet.data.datasets import DATASETS
 from icapnet.errors import require_positive, run_cli
 
 
@@ -53,54 +51,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def limit_dataset(dataset: CaptionDataset, limit: int) -> CaptionDataset:
-    """Keep the first ``limit`` image ids (sorted) of every split."""
-    splits = {s: sorted(ids)[:limit] for s, ids in dataset.splits.items()}
-    keep = {i for ids in splits.values() for i in ids}
-    return dataclasses.replace(
-        dataset,
-        images={i: p for i, p in dataset.images.items() if i in keep},
-        captions={i: c for i, c in dataset.captions.items() if i in keep},
-        splits=splits,
-        boxes=None if dataset.boxes is None else {
-            i: b for i, b in dataset.boxes.items() if i in keep},
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     require_positive(args, optional=("min_count", "max_vocab", "batch_size", "shard_size",
                                      "limit", "image_size"))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-
-    from icapnet.data.features import build_cache, cache_summary, feature_config_for, open_cache
+    cli.start(log_info=True)
+    from icapnet.data.cache import describe_cache
+    from icapnet.data.cache_build import prepare_cache
+    from icapnet.model.backbone import feature_config_for
 
     started = time.time()
-    dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed,
-                           images_dir=args.images_dir, json_file=args.json_file)
-    if args.limit:
-        dataset = limit_dataset(dataset, args.limit)
     feature_cfg = feature_config_for(args.backbone, args.weights, args.layer, args.image_size)
     data_cfg = DataConfig(dataset=args.dataset, data_dir=str(args.data_dir), cache_dir=args.out,
                           min_count=args.min_count, max_vocab_size=args.max_vocab)
-    build_cache(dataset, args.out, feature_cfg, data_cfg, batch_size=args.batch_size,
-                shard_size=args.shard_size, workers=args.workers, progress=not args.quiet)
-    cache = open_cache(args.out)
-    info = cache_summary(cache)
-    regions, channels = info["feature_shape"]
-    print(f"feature cache: {args.out}")
-    print(f"  backbone  {info['backbone']}/{info['layer']} (weights {info['weights']}), "
-          f"{info['image_size']} px -> {regions} regions x {channels} float16")
-    for split, counts in info["splits"].items():
-        print(f"  {split:<5}     {counts['images']} images, {counts['captions']} captions")
-    print(f"  vocabulary {info['vocab_size']} words (min count {args.min_count}, "
-          f"max {args.max_vocab}; train split only)")
-    if info["skipped"]:
-        print(f"  skipped   {info['skipped']} unreadable image(s):")
-        for reason in list(cache.manifest["skipped"].values())[:10]:
-            print(f"    {reason}")
-    print(f"  on disk   {info['bytes'] / 1e6:.1f} MB; took {time.time() - started:.1f} s")
+    cache = prepare_cache(data_cfg, feature_cfg, limit=args.limit, seed=args.seed,
+                          images_dir=args.images_dir, json_file=args.json_file,
+                          batch_size=args.batch_size, shard_size=args.shard_size,
+                          workers=args.workers, progress=not args.quiet)
+    print(describe_cache(cache, data_cfg, seconds=time.time() - started))
     return 0
 
 

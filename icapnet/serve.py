@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import errno
 import io
-import os
 import socket
 import sys
 from collections.abc import Sequence
 
-from icapnet.caption import DEFAULT_MODELS_DIR, resolve_model
+from icapnet import cli
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.model.store import resolve_model
 from icapnet.web.app import DEFAULT_MAX_BEAM_SIZE
 
 
@@ -25,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.serve",
         description="Serve a web page and JSON API that caption uploaded photos.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=f"model directory (default: the newest folder under {DEFAULT_MODELS_DIR}/ "
-        "with a config.json)",
-    )
+    cli.add_model_flag(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     parser.add_argument(
@@ -63,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = resolve_model(args.model)
     sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.start()
     import uvicorn
 
     from icapnet.inference.predictor import Predictor

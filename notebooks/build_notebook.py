@@ -174,7 +174,7 @@ regions, upsampled onto the photo."""),
     ("code", """\
 from IPython.display import display
 
-from icapnet.data.features import open_cache
+from icapnet.data.cache import open_cache
 from icapnet.data.images import load_image
 from icapnet.data.datasets import load_dataset
 from icapnet.inference.predictor import Predictor

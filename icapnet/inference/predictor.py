@@ -2,7 +2,7 @@
 
 Loads the captioner, its vocabulary and the backbone it was trained with (``config.features``)
 once, then captions images, files or uploaded bytes. Images are resized exactly as the
-feature cache did (``icapnet.data.features.prepare_image``) and go through the backbone in
+feature cache did (``icapnet.model.backbone.extract_features``) and go through the backbone in
 batches. A lock serialises the TensorFlow calls, so one Predictor can serve a threaded web
 server.
 """
@@ -81,7 +81,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path, feature_weights: str | None = None) -> Predictor:
         """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``)."""
-        from icapnet.data.features import build_feature_extractor
+        from icapnet.model.backbone import build_feature_extractor
         from icapnet.model.store import load_model_dir
 
         model_dir = Path(model_dir)
@@ -136,17 +136,10 @@ class Predictor:
 
     def extract(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone features [N, R, C] for HxWx3 images of any sizes, one forward per batch."""
-        from icapnet.data.features import prepare_image
+        from icapnet.model.backbone import extract_features
 
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = np.stack([
-                prepare_image(np.asarray(im), self.image_size)
-                for im in images[start:start + self.batch_size]
-            ])
-            with self._lock:
-                chunks.append(np.asarray(self.extractor(batch, training=False)))
-        return np.concatenate(chunks)
+        with self._lock:
+            return extract_features(self.extractor, images, self.batch_size)
 
     def caption_images(
         self,
