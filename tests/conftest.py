@@ -42,7 +42,7 @@ def sample_images(synthetic_scenes_dir: Path) -> list[Path]:
 def tiny_model_dir(
     synthetic_scenes_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A model directory (config.json, vocab.json, weights, model.keras) of a tiny trained model."""
+    """A model directory (config.json, vocab.json, weights) of a tiny trained model."""
     import csv
 
     import keras
@@ -50,9 +50,9 @@ def tiny_model_dir(
     import tensorflow as tf
 
     from icapnet.config import Config, DataConfig, FeatureConfig, ModelConfig, TrainConfig
-    from icapnet.data.features import build_feature_extractor, extract_features
     from icapnet.data.images import load_image
     from icapnet.data.text import Vocabulary
+    from icapnet.model.backbone import build_feature_extractor, extract_features
     from icapnet.model.store import build_captioner, save_model_dir
 
     keras.utils.set_random_seed(0)

@@ -18,6 +18,8 @@ from PIL import Image
 from icapnet import caption
 from icapnet.config import Config
 from icapnet.errors import run_cli
+from icapnet.inference.captioning import expand_inputs
+from icapnet.model.store import find_default_model, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,8 +114,8 @@ def test_default_model_is_newest_under_saved_models(
             os.utime(f, (stamp, stamp))
     (models / "not_a_model").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert caption.find_default_model() == Path("saved_models") / "new"
-    assert caption.resolve_model(None) == Path("saved_models") / "new"
+    assert find_default_model() == Path("saved_models") / "new"
+    assert resolve_model(None) == Path("saved_models") / "new"
 
 
 def test_model_errors_are_one_line_exit_2(
@@ -135,7 +137,7 @@ def test_expand_inputs_reports_empty_folder_and_pattern(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "b.txt").write_text("x")
     (tmp_path / "empty").mkdir()
-    paths, errors = caption.expand_inputs(
+    paths, errors = expand_inputs(
         [str(tmp_path), str(tmp_path / "empty"), str(tmp_path / "*.png"), "given.txt"]
     )
     assert paths == [tmp_path / "a.jpg", Path("given.txt")]  # named files are always tried

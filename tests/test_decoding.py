@@ -6,11 +6,10 @@ import contextlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from icapnet.config import Config, ModelConfig  # noqa: E402
-from icapnet.inference.decoding import (  # noqa: E402
+from icapnet.config import Config, ModelConfig
+from icapnet.inference.decoding import (
     END_ID,
     NEVER_EMITTED,
     _compiled,
@@ -18,7 +17,7 @@ from icapnet.inference.decoding import (  # noqa: E402
     decode,
     greedy_decode,
 )
-from icapnet.model.store import build_captioner  # noqa: E402
+from icapnet.model.store import build_captioner
 
 VOCAB, REGIONS, CHANNELS = 14, 9, 8
 

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from icapnet.config import DataConfig, FeatureConfig
+from icapnet.data.cache import open_cache
+from icapnet.data.cache_build import build_cache
 from icapnet.data.datasets import load_dataset
-from icapnet.data.features import build_cache, open_cache
 from icapnet.data.pipeline import (
     count_pairs,
     make_dataset,

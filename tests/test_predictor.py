@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-
 from icapnet.data.images import load_image
 from icapnet.data.text import normalize_caption
 from icapnet.errors import IcapnetError

@@ -1,7 +1,9 @@
-"""Training glue: CLI outputs, exact resume after a crash, plateau state, MirroredStrategy."""
+"""Training loop: CLI outputs, exact resume after a crash, plateau callbacks across a resume,
+checkpoints matched by name, mixed precision, MirroredStrategy, fine-tuning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,12 +17,20 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from icapnet.config import RANDOM_BACKBONE, Config, ModelConfig, TrainConfig
-from icapnet.data.features import serialize_record
+from icapnet.config import RANDOM_BACKBONE, Config, DataConfig, ModelConfig, TrainConfig
+from icapnet.data.cache import serialize_record
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
-from icapnet.model.store import load_model_dir
-from icapnet.model.training import _plateau_state, latest_checkpoint, train
+from icapnet.model.checkpoints import (
+    TrainState,
+    latest_checkpoint,
+    model_variables,
+    read_state,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from icapnet.model.store import build_captioner, load_model_dir
+from icapnet.model.training import train
 from icapnet.train import main
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,8 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (8, 6)  # regions x channels of the fake cache
 
 
-def write_cache(root: Path, n_train: int = 24, n_val: int = 6) -> Path:
-    """A small feature cache in the documented layout (no backbone run needed)."""
+def write_cache(root: Path, n_train: int = 24, n_val: int = 6,
+                val_unknown_words: bool = False) -> Path:
+    """A small feature cache in the documented layout (no backbone run needed).
+
+    ``val_unknown_words``: the val images are copies of train images captioned only with
+    words the vocabulary does not know, so the better the model learns the train captions
+    the worse its val loss gets: a plateau the callbacks must react to.
+    """
     rng = np.random.default_rng(0)
     colors, shapes = ["red", "blue", "green"], ["circle", "square", "star"]
     (root / "features").mkdir(parents=True)
@@ -39,16 +55,21 @@ def write_cache(root: Path, n_train: int = 24, n_val: int = 6) -> Path:
                 "dataset": "synthetic", "images": {}, "shards": {}, "skipped": {},
                 "complete": True}
     captions: dict[str, dict[str, list[str]]] = {}
+    train_features = [rng.normal(size=SHAPE) for _ in range(n_train)]
     for split, count in (("train", n_train), ("val", n_val)):
         shard = f"{split}-00000.tfrecord"
         ids = [f"{split}_{i:03d}.jpg" for i in range(count)]
         with tf.io.TFRecordWriter(str(root / "features" / shard)) as writer:
-            for image_id in ids:
-                writer.write(serialize_record(image_id, rng.normal(size=SHAPE)))
+            for i, image_id in enumerate(ids):
+                feats = train_features[i] if split == "train" or val_unknown_words else \
+                    rng.normal(size=SHAPE)
+                writer.write(serialize_record(image_id, feats))
         captions[split] = {}
         for i, image_id in enumerate(ids):
             c, s = colors[i % 3], shapes[(i // 3) % 3]
             captions[split][image_id] = [f"a {c} {s}", f"there is a {c} {s} here"]
+            if split == "val" and val_unknown_words:
+                captions[split][image_id] = ["zebra okapi gnu yak", "yak gnu"]
             manifest["images"][image_id] = {"split": split, "shard": shard, "sha1": "0"}
         manifest["shards"][shard] = {"split": split, "count": count, "written": ids}
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -91,11 +112,21 @@ class Epochs(keras.callbacks.Callback):
         self.seen.append(epoch)
 
 
-def _config() -> Config:
+def _config(**train) -> Config:
     return Config(
         model=ModelConfig(embedding_dim=8, units=16, attention_units=8, dropout=0.3),
-        train=TrainConfig(epochs=3, batch_size=8, learning_rate=0.01, seed=7),
+        train=TrainConfig(**{"epochs": 3, "batch_size": 8, "learning_rate": 0.01, "seed": 7,
+                             **train}),
     )
+
+
+def _weights(model_dir: Path) -> list[np.ndarray]:
+    return [w.numpy() for w in load_model_dir(model_dir)[0].weights]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    for wa, wb in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(wa, wb)
 
 
 def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
@@ -104,7 +135,7 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     full = tmp_path / "full"
     assert main(["--cache", str(cache), "--out", str(full), *FLAGS]) == 0
     names = {p.name for p in full.iterdir()}
-    assert {"config.json", "vocab.json", "model.weights.h5", "model.keras", "history.csv",
+    assert {"config.json", "vocab.json", "model.weights.h5", "history.csv",
             "loss.png", "checkpoints"} <= names
     assert not [n for n in names if n.startswith(".")]
     history = pd.read_csv(full / "history.csv")
@@ -113,10 +144,12 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
 
     # Same run, killed in the middle of the third epoch...
     crashed = tmp_path / "crashed"
+    config = _config()
     with pytest.raises(Crash):
-        train(_config(), cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
+        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
+    assert config == _config()  # train() never changes the caller's config
     assert not (crashed / "model.weights.h5").exists()  # no half-finished model dir
-    assert latest_checkpoint(crashed)[0] == 2
+    assert read_state(latest_checkpoint(crashed)).next_epoch == 2
     assert len(pd.read_csv(crashed / "history.csv")) == 2
     # ... then re-run: it continues at epoch 3 (index 2) only.
     epochs = Epochs()
@@ -124,16 +157,96 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     assert epochs.seen == [2]
     pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
 
-    a, _, _ = load_model_dir(full)
-    b, _, _ = load_model_dir(crashed)
-    for wa, wb in zip(a.weights, b.weights, strict=True):
-        np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=wa.path)
+    _assert_same_weights(full, crashed)
     # Dropout is on, so this only holds because the dropout RNG state is checkpointed.
-    assert any("seed_generator" in v.path for v in a.variables)
+    assert any("seed_generator" in name for name in model_variables(load_model_dir(full)[0]))
 
     again = Epochs()  # a finished run is not trained again
     train(_config(), cache, full, verbose=0, extra_callbacks=[again])
     assert again.seen == []
+
+
+def test_early_stopping_fires_and_restores_the_best_weights(tmp_path):
+    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
+    stopped = tmp_path / "stopped"
+    history = train(_config(epochs=6, early_stopping_patience=1, reduce_lr_patience=10),
+                    cache, stopped, verbose=0)
+    assert list(history["epoch"]) == [0, 1]  # val_loss rose after epoch 0: stop at once
+    assert history["val_loss"][1] > history["val_loss"][0]
+    state = read_state(latest_checkpoint(stopped))
+    assert (state.next_epoch, state.next_phase) == (6, 2)  # the phase is over
+    # The saved model holds the weights of epoch 0 (the best), not those of epoch 1.
+    best = tmp_path / "one_epoch"
+    train(_config(epochs=1), cache, best, verbose=0)
+    _assert_same_weights(stopped, best)
+
+
+def test_reduced_learning_rate_and_plateau_counters_survive_a_resume(tmp_path):
+    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
+    config = _config(epochs=4, reduce_lr_patience=1, early_stopping_patience=10)
+    full = tmp_path / "full"
+    history = train(config, cache, full, verbose=0)
+    # val_loss rises every epoch: the LR halves after epochs 1 and 2 (patience 1, the wait
+    # restarting after each reduction).
+    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.01, 0.005, 0.0025])
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 0)])
+    resumed = train(config, cache, crashed, verbose=0)
+    # Epoch 2 runs with the LR reduced before the crash (from the optimizer state), and the
+    # reduction after epoch 2 needs the plateau counters from the checkpoint: a fresh
+    # ReduceLROnPlateau would take epoch 2 as its first, best value.
+    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
+    _assert_same_weights(full, crashed)
+
+
+def test_mixed_precision_run_trains_and_resumes_exactly(tmp_path):
+    cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
+    config = _config(epochs=2, mixed_precision=True)
+    full = tmp_path / "full"
+    history = train(config, cache, full, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    assert np.isfinite(history["loss"]).all() and history["loss"][1] < history["loss"][0]
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(1, 0)])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # The loss-scale optimizer's own state (scale, step counter) is checkpointed too.
+    path = latest_checkpoint(crashed)
+    with np.load(path) as data:
+        assert {"optimizer/dynamic_scale", "optimizer/inner/iteration"} <= set(data.files)
+    train(config, cache, crashed, verbose=0)
+    _assert_same_weights(full, crashed)
+
+
+def test_checkpoints_match_variables_by_name(tmp_path):
+    config = dataclasses.replace(_config(), model=dataclasses.replace(
+        _config().model, vocab_size=12, num_regions=SHAPE[0], feature_dim=SHAPE[1]))
+    first, second = build_captioner(config), build_captioner(config)
+    # Keras names the second model's variables captioner_1/... and its RNG states
+    # seed_generator_N; checkpoint names are the same for both.
+    names = model_variables(first)
+    assert list(names) == list(model_variables(second))
+    assert {"decoder/attention/W1/kernel", "encoder/dropout/seed_generator_state"} <= set(names)
+    for model in (first, second):
+        model.compile(optimizer=keras.optimizers.Adam(0.01))
+        model.optimizer.build(model.trainable_variables)
+    second.optimizer.learning_rate.assign(0.5)
+    second.decoder.fc2.kernel.assign(np.ones(second.decoder.fc2.kernel.shape, "float32"))
+    path = save_checkpoint(tmp_path, TrainState(next_epoch=3), second, second.optimizer)
+    state = restore_checkpoint(path, first, first.optimizer)
+    assert state.next_epoch == 3
+    assert float(first.optimizer.learning_rate) == 0.5
+    np.testing.assert_array_equal(first.decoder.fc2.kernel.numpy(), 1.0)
+    # A checkpoint of another model is refused in one line that names a variable.
+    other = build_captioner(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, decoder="lstm")))
+    other.compile(optimizer=keras.optimizers.Adam(0.01))
+    other.optimizer.build(other.trainable_variables)
+    with pytest.raises(IcapnetError, match=r"epoch-0003\.npz: model variables do not match "
+                       r"\(missing decoder/\S+, .*another model"):
+        restore_checkpoint(path, other, other.optimizer)
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -141,15 +254,14 @@ def test_cli_errors_are_one_line(tmp_path):
         main(["--cache", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
     with pytest.raises(IcapnetError, match="--dropout"):
         main(["--cache", str(tmp_path), "--out", str(tmp_path / "m"), "--dropout", "1.5"])
-    with pytest.raises(SystemExit):
-        main(["--cache", str(tmp_path), "--out", "x", "--decoder", "transformer"])
-
-
-def test_plateau_state_replays_keras_counters():
-    assert _plateau_state([3.0, 2.0, 2.5, 2.6]) == (2.0, 2, 1)
-    # ReduceLROnPlateau (patience 2) resets its wait after each reduction.
-    assert _plateau_state([3.0, 2.0, 2.5, 2.6, 2.7], patience=2)[:2] == (2.0, 1)
-    assert _plateau_state([]) == (float("inf"), 0, -1)
+    for flag, value in (("--decoder", "transformer"), ("--init-state", "learned")):
+        with pytest.raises(SystemExit):  # argparse: not one of the choices
+            main(["--cache", str(tmp_path), "--out", "x", flag, value])
+    # A library caller gets the same one-line check instead of a ValueError from the layers.
+    bad = dataclasses.replace(_config(), model=dataclasses.replace(_config().model,
+                                                                   init_state="learned"))
+    with pytest.raises(IcapnetError, match="--init-state: 'learned' is not one of zeros, mean"):
+        train(bad, tmp_path, tmp_path / "m")
 
 
 MIRRORED = textwrap.dedent("""
@@ -159,8 +271,9 @@ MIRRORED = textwrap.dedent("""
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     import keras, numpy as np
-    from icapnet.config import ModelConfig
-    from icapnet.model import Captioner
+    from icapnet.config import Config, ModelConfig, TrainConfig
+    from icapnet.model import Captioner, load_model_dir
+    from icapnet.model.training import get_strategy, train
 
     cfg = ModelConfig(vocab_size=15, embedding_dim=8, units=12, attention_units=6, dropout=0.0,
                       state_dropout=0.0, num_regions=5, feature_dim=4)
@@ -185,20 +298,37 @@ MIRRORED = textwrap.dedent("""
     keras.utils.set_random_seed(0)
     start = Captioner(cfg, attention_penalty=0.5, clip_norm=0.05).get_weights()
     single, logs1, val1 = run(tf.distribute.get_strategy(), start)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = get_strategy("mirrored")  # the one train() uses: one per process
     multi, logs2, val2 = run(mirrored, start)
     diff = max(float(np.abs(a - b).max())
                for a, b in zip(single.get_weights(), multi.get_weights()))
     moved = max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), start))
+
+    # The whole train() loop (datasets, callbacks, checkpoints) under --strategy mirrored.
+    cache, out = sys.argv[1], sys.argv[2]
+    runs = {}
+    for strategy in ("default", "mirrored"):
+        config = Config(model=ModelConfig(embedding_dim=8, units=16, attention_units=8,
+                                          dropout=0.0, state_dropout=0.0),
+                        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, seed=7,
+                                          strategy=strategy))
+        history = train(config, cache, f"{out}/{strategy}", verbose=0)
+        runs[strategy] = (history["loss"].tolist(),
+                          [w.numpy() for w in load_model_dir(f"{out}/{strategy}")[0].weights])
+    train_diff = max(float(np.abs(a - b).max())
+                     for a, b in zip(runs["default"][1], runs["mirrored"][1]))
     json.dump({"replicas": mirrored.num_replicas_in_sync, "diff": diff, "moved": moved,
-               "logs1": logs1, "logs2": logs2, "val1": val1, "val2": val2}, sys.stdout)
+               "logs1": logs1, "logs2": logs2, "val1": val1, "val2": val2,
+               "train_loss": {k: v[0] for k, v in runs.items()}, "train_diff": train_diff},
+              sys.stdout)
 """)
 
 
-def test_mirrored_strategy_matches_single_device():
+def test_mirrored_strategy_matches_single_device(tmp_path):
+    cache = write_cache(tmp_path / "cache")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", MIRRORED, str(cache), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
@@ -207,3 +337,71 @@ def test_mirrored_strategy_matches_single_device():
     for key in ("loss", "token_loss", "attention_penalty", "accuracy"):
         assert out["logs2"][key] == pytest.approx(out["logs1"][key], rel=1e-5), key
         assert out["val2"][key] == pytest.approx(out["val1"][key], rel=1e-5), key
+    # train() on two replicas: same losses and weights as on one device (float tolerance).
+    np.testing.assert_allclose(out["train_loss"]["mirrored"], out["train_loss"]["default"],
+                               rtol=1e-4)
+    assert out["train_diff"] < 1e-4
+
+
+def _tiny_cnn(include_top=False, weights=None, input_shape=(16, 16, 3)):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(10, 3, strides=2, padding="same", name="conv_b")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.fixture(scope="module")
+def image_cache(synthetic_scenes_dir, tmp_path_factory):
+    """A real cache of the 12 synthetic scenes through a tiny registered backbone (two convs,
+    a 4x4 grid): fine-tuning reads the images again and trains that backbone."""
+    from icapnet.data.cache_build import build_cache
+    from icapnet.data.datasets import load_dataset
+    from icapnet.model.backbone import BACKBONES, Backbone, feature_config_for, register_backbone
+
+    register_backbone(Backbone("tiny", _tiny_cnn, "conv_b", lambda x: x / 127.5 - 1.0, 16))
+    try:
+        yield build_cache(load_dataset("synthetic", synthetic_scenes_dir),
+                          tmp_path_factory.mktemp("ft") / "cache",
+                          feature_config_for("tiny", "none"), DataConfig(min_count=1),
+                          progress=False)
+    finally:
+        BACKBONES.pop("tiny")
+
+
+def test_fine_tuning_phase_trains_the_backbone_and_resumes(image_cache, tmp_path):
+    from icapnet.inference.predictor import Predictor
+    from icapnet.model.backbone import build_feature_extractor
+
+    config = _config(epochs=1, fine_tune_from="conv_b", fine_tune_epochs=2,
+                     fine_tune_learning_rate=1e-3)
+    full = tmp_path / "full"
+    history = train(config, image_cache, full, verbose=0)
+    assert list(history["phase"]) == [1, 2, 2] and list(history["epoch"]) == [0, 1, 2]
+    assert list(history["learning_rate"]) == pytest.approx([0.01, 1e-3, 1e-3])
+    saved = Config.load(full)
+    assert saved.features.weights == str((full / "backbone.weights.h5").resolve())
+
+    random = build_feature_extractor(Config.load(full / "checkpoints").features)
+    tuned = build_feature_extractor(saved.features)
+
+    def kernel(extractor, layer):
+        return extractor.get_layer("tiny_conv_b").get_layer(layer).get_weights()[0]
+
+    assert not np.allclose(kernel(tuned, "conv_b"), kernel(random, "conv_b"))
+    np.testing.assert_array_equal(kernel(tuned, "conv_a"), kernel(random, "conv_a"))  # frozen
+    result = Predictor.from_dir(full).caption_paths(
+        sorted(Path(saved.data.data_dir, "Images").glob("*.jpg"))[:2])
+    assert all(r.words and r.attention.shape == (len(r.words), 4, 4) for r in result)
+
+    # A crash in the fine-tuning phase resumes there, backbone and all, exactly.
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(config, image_cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 0)])
+    assert read_state(latest_checkpoint(crashed)).model_phase == 2
+    epochs = Epochs()
+    train(config, image_cache, crashed, verbose=0, extra_callbacks=[epochs])
+    assert epochs.seen == [2]
+    _assert_same_weights(full, crashed)
+    np.testing.assert_array_equal(
+        kernel(build_feature_extractor(Config.load(crashed).features), "conv_b"),
+        kernel(tuned, "conv_b"))
