@@ -36,7 +36,7 @@ from icapnet.layout import LOSS_PLOT_FILE, METRICS_FILE
 DATASETS = ("synthetic", "flickr8k")
 SUMMARY_FILE = "summary.json"
 STAMP_FILE = "demo.json"
-CAPTIONS_FILE = "captions.jsonl"  # the demo run folder's captioned examples
+EXAMPLES_FILE = "captions.jsonl"  # the captioned held-out examples
 # Sized so the synthetic demo finishes in under ~10 minutes on 2 CPU cores.
 DEFAULT_NUM_IMAGES = 400
 DEFAULT_EPOCHS = 20
@@ -266,7 +266,7 @@ def _caption_examples(args: argparse.Namespace, predictor: Any, cache: Any, data
         print(f"  {image_id}: {record['caption']}\n  {'':{len(image_id)}}  "
               f"(a reference: {record['reference']})")
         shown.append(record)
-    atomic_write_text(out / CAPTIONS_FILE,
+    atomic_write_text(out / EXAMPLES_FILE,
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shown))
     return shown
 
@@ -283,7 +283,7 @@ def _summary(out: Path, model_dir: Path, attention_dir: Path, metrics: dict,
             "metrics": str(model_dir / METRICS_FILE),
             "loss_curves": str(model_dir / LOSS_PLOT_FILE),
             "attention": str(attention_dir),
-            "captions": str(out / CAPTIONS_FILE),
+            "captions": str(out / EXAMPLES_FILE),
             "summary": str(out / SUMMARY_FILE),
         },
         "seconds": round(seconds, 1),

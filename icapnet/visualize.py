@@ -21,6 +21,7 @@ from PIL import Image
 
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_bytes
+from icapnet.layout import read_history
 
 # Heatmaps are upsampled to the image's real size unless its long side exceeds this; then the
 # image and the maps are both shown at a copy scaled to this long side (same aspect ratio),
@@ -50,13 +51,7 @@ def save_figure(fig: Figure, out_path: str | Path, dpi: int = 100, **metadata: s
 def _read_history(history: pd.DataFrame | str | Path) -> pd.DataFrame:
     if isinstance(history, pd.DataFrame):
         return history
-    path = Path(history)
-    if not path.is_file():
-        raise IcapnetError(f"{path}: training history not found")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise IcapnetError(f"{path}: not a readable history CSV ({err})") from err
+    return read_history(history, required=True)
 
 
 def loss_curves_figure(history: pd.DataFrame | str | Path) -> Figure:

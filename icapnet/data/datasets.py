@@ -60,10 +60,6 @@ class CaptionDataset:
     splits: dict[str, list[str]]  # "train" / "val" / "test" -> image ids (sorted, disjoint)
     boxes: dict[str, list[dict]] | None = None  # synthetic only: boxes in pixels
 
-    def split_captions(self, split: str) -> dict[str, list[str]]:
-        """``{image_id: captions}`` for one split."""
-        return {i: self.captions[i] for i in self.splits[split]}
-
     @property
     def num_captions(self) -> int:
         return sum(len(c) for c in self.captions.values())

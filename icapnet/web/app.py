@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 
 from icapnet import __version__
 from icapnet.errors import IcapnetError
-from icapnet.web.info import model_info, read_metrics
+from icapnet.layout import read_metrics
+from icapnet.web.info import model_info
 from icapnet.web.upload import UploadError, format_size, parse_int_field, read_image_upload
 
 STATIC_DIR = Path(__file__).parent / "static"

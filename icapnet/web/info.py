@@ -7,18 +7,15 @@ Reading them here (not from the live model) keeps the info honest about what was
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from icapnet.config import Config
-from icapnet.data.text import VOCAB_FILE, Vocabulary
+from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
+from icapnet.layout import VOCAB_FILE, read_history, read_metrics
 
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 NOT_EVALUATED = "not evaluated yet"
 
 
@@ -61,18 +58,6 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def read_metrics(model_dir: Path) -> dict[str, Any] | None:
-    """The evaluation results next to the model, or None if it was never (validly) evaluated."""
-    path = model_dir / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) and raw else None
-
-
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[list[Any]]:
     """Numeric leaves as ``[dotted.name, value]`` rows, in file order, for a simple table."""
     rows: list[list[Any]] = []
@@ -103,16 +88,14 @@ def _vocab_size(model_dir: Path, config: Config) -> int:
 
 def _training_summary(model_dir: Path) -> dict[str, Any] | None:
     """Epochs run and the last losses from history.csv, if training left one."""
-    path = model_dir / HISTORY_FILE
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError):
+        history = read_history(model_dir)
+    except IcapnetError:
         return None
-    if not rows:
+    if history.empty:
         return None
-    last = rows[-1]
-    summary: dict[str, Any] = {"epochs": len(rows)}
+    last = history.iloc[-1]
+    summary: dict[str, Any] = {"epochs": len(history)}
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         try:
             value = float(last.get(key, ""))
