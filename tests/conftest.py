@@ -38,6 +38,27 @@ def sample_images(synthetic_scenes_dir: Path) -> list[Path]:
     return sorted((synthetic_scenes_dir / "Images").glob("*.jpg"))[:3]
 
 
+def _tiny_cnn(include_top=False, weights=None, input_shape=(16, 16, 3)):
+    import keras
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(10, 3, strides=2, padding="same", name="conv_b")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> str:
+    """Registers "tiny": two strided convs, 16 px in, a 4x4 grid of 10 channels out. For
+    tests where the backbone is only plumbing (fine-tuning, export), VGG16 would cost most
+    of their time."""
+    from icapnet.model.backbone import BACKBONES, Backbone, register_backbone
+
+    register_backbone(Backbone("tiny", _tiny_cnn, "conv_b", lambda x: x / 127.5 - 1.0, 16))
+    yield "tiny"
+    BACKBONES.pop("tiny", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(
     synthetic_scenes_dir: Path, tmp_path_factory: pytest.TempPathFactory

@@ -343,29 +343,18 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     assert out["train_diff"] < 1e-4
 
 
-def _tiny_cnn(include_top=False, weights=None, input_shape=(16, 16, 3)):
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_a")(inputs)
-    x = keras.layers.Conv2D(10, 3, strides=2, padding="same", name="conv_b")(x)
-    return keras.Model(inputs, x)
-
-
 @pytest.fixture(scope="module")
-def image_cache(synthetic_scenes_dir, tmp_path_factory):
-    """A real cache of the 12 synthetic scenes through a tiny registered backbone (two convs,
-    a 4x4 grid): fine-tuning reads the images again and trains that backbone."""
+def image_cache(synthetic_scenes_dir, tiny_backbone, tmp_path_factory):
+    """A real cache of the 12 synthetic scenes through the tiny backbone (a 4x4 grid):
+    fine-tuning reads the images again and trains that backbone."""
     from icapnet.data.cache_build import build_cache
     from icapnet.data.datasets import load_dataset
-    from icapnet.model.backbone import BACKBONES, Backbone, feature_config_for, register_backbone
+    from icapnet.model.backbone import feature_config_for
 
-    register_backbone(Backbone("tiny", _tiny_cnn, "conv_b", lambda x: x / 127.5 - 1.0, 16))
-    try:
-        yield build_cache(load_dataset("synthetic", synthetic_scenes_dir),
-                          tmp_path_factory.mktemp("ft") / "cache",
-                          feature_config_for("tiny", "none"), DataConfig(min_count=1),
-                          progress=False)
-    finally:
-        BACKBONES.pop("tiny")
+    return build_cache(load_dataset("synthetic", synthetic_scenes_dir),
+                       tmp_path_factory.mktemp("ft") / "cache",
+                       feature_config_for(tiny_backbone, "none"), DataConfig(min_count=1),
+                       progress=False)
 
 
 def test_fine_tuning_phase_trains_the_backbone_and_resumes(image_cache, tmp_path):
