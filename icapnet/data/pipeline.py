@@ -95,7 +95,7 @@ class _Pairs:
             tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
         ))
 
-    def stream(self, shuffle: bool, seed: int | tf.Tensor) -> tf.data.Dataset:
+    def stream(self, shuffle: bool, seed: int) -> tf.data.Dataset:
         ds = _records(self.paths, shuffle, seed).flat_map(self._pairs)
         if shuffle:
             ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=True)
@@ -153,15 +153,23 @@ def make_epochs_dataset(
     cardinality is set, so a mismatch with ``steps_per_epoch`` fails loudly.
     """
     source = _Pairs(cache_dir, split, shuffle_buffer)
-    seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("make_epochs_dataset needs at least one epoch seed")
-    epochs = tf.data.Dataset.from_tensor_slices(tf.constant(seeds, tf.int64))
-    ds = epochs.flat_map(
-        lambda seed: source.batch(source.stream(True, seed), batch_size, drop_remainder))
+    # Python-int seeds, one pipeline per epoch: a tensor seed would trip tf.data's seed
+    # handling when the global seed is 0 (it compares the pair with (0, 0) in Python).
+    ds = concatenate([source.batch(source.stream(True, int(seed)), batch_size, drop_remainder)
+                      for seed in seeds])
     steps = steps_per_epoch(cache_dir, split, batch_size, drop_remainder)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
     return _finish(ds)
+
+
+def concatenate(datasets: Sequence[tf.data.Dataset]) -> tf.data.Dataset:
+    """The datasets one after the other."""
+    ds = datasets[0]
+    for more in datasets[1:]:
+        ds = ds.concatenate(more)
+    return ds
 
 
 def make_image_dataset(cache_dir: str | Path, split: str, batch_size: int) -> tf.data.Dataset:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from icapnet.config import Config
 from icapnet.data.cache import open_cache
+from icapnet.data.pipeline import concatenate
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path
 from icapnet.model.backbone import get_backbone, resize_images
@@ -108,7 +109,7 @@ def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
         image = resize_images(tf.ensure_shape(image, [None, None, 3]), size)
         return tf.ensure_shape(image, [size, size, 3]), caption
 
-    def epoch(seed=None) -> tf.data.Dataset:
+    def epoch(seed: int | None = None) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((paths, captions))
         if seed is not None:
             ds = ds.shuffle(len(paths), seed=seed)
@@ -116,11 +117,7 @@ def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
         return ds.padded_batch(batch_size, padded_shapes=([size, size, 3], [None]),
                                drop_remainder=drop_remainder)
 
-    if seeds is None:
-        ds = epoch()
-    else:
-        seeds = [int(s) for s in seeds]
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(seeds, tf.int64)).flat_map(epoch)
+    ds = epoch() if seeds is None else concatenate([epoch(int(seed)) for seed in seeds])
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
