@@ -62,10 +62,10 @@ def _caption_table(
     return table, rows
 
 
-def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
+def _records(paths: list[str], shuffle: bool, seed: int, reshuffle: bool) -> tf.data.Dataset:
     files = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle and len(paths) > 1:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=reshuffle)
     return files.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(4, len(paths)),
@@ -95,10 +95,12 @@ class _Pairs:
             tf.data.Dataset.range(count).map(lambda k: caps[k]),  # dense [T_k] int32
         ))
 
-    def stream(self, shuffle: bool, seed: int) -> tf.data.Dataset:
-        ds = _records(self.paths, shuffle, seed).flat_map(self._pairs)
+    def stream(self, shuffle: bool, seed: int, reshuffle: bool = True) -> tf.data.Dataset:
+        """``reshuffle``: a new order each time the dataset is iterated (drawn from the seed),
+        else always the seed's one order, however many iterators were made before."""
+        ds = _records(self.paths, shuffle, seed, reshuffle).flat_map(self._pairs)
         if shuffle:
-            ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=reshuffle)
         return ds
 
     def batch(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
@@ -147,9 +149,11 @@ def make_epochs_dataset(
 ) -> tf.data.Dataset:
     """Like :func:`make_dataset`, for several epochs in a row: one shuffled epoch per seed.
 
-    Each epoch is shuffled by its own seed and batched on its own (no batch straddles two
-    epochs), so epoch ``e`` holds the same batches whether a run starts at epoch 0 or
-    resumes at ``e``: what one ``fit()`` over many epochs needs for exact resume. The
+    Each epoch is shuffled by its own seed (and only by it: not reshuffled per iterator, as
+    Keras and tf.distribute may create iterators of their own) and batched on its own (no
+    batch straddles two epochs), so epoch ``e`` holds the same batches whether a run starts
+    at epoch 0 or resumes at ``e``, on one device or several: what one ``fit()`` over many
+    epochs needs for exact resume. The
     cardinality is set, so a mismatch with ``steps_per_epoch`` fails loudly.
     """
     source = _Pairs(cache_dir, split, shuffle_buffer)
@@ -157,8 +161,8 @@ def make_epochs_dataset(
         raise ValueError("make_epochs_dataset needs at least one epoch seed")
     # Python-int seeds, one pipeline per epoch: a tensor seed would trip tf.data's seed
     # handling when the global seed is 0 (it compares the pair with (0, 0) in Python).
-    ds = concatenate([source.batch(source.stream(True, int(seed)), batch_size, drop_remainder)
-                      for seed in seeds])
+    ds = concatenate([source.batch(source.stream(True, int(seed), reshuffle=False), batch_size,
+                                   drop_remainder) for seed in seeds])
     steps = steps_per_epoch(cache_dir, split, batch_size, drop_remainder)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
     return _finish(ds)

@@ -112,7 +112,7 @@ def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
     def epoch(seed: int | None = None) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((paths, captions))
         if seed is not None:
-            ds = ds.shuffle(len(paths), seed=seed)
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.padded_batch(batch_size, padded_shapes=([size, size, 3], [None]),
                                drop_remainder=drop_remainder)
