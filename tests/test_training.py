@@ -166,19 +166,25 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     assert again.seen == []
 
 
-def test_plateau_callbacks_stop_restore_the_best_and_survive_a_resume(tmp_path):
+def test_plateau_callbacks_under_mixed_precision_resume_stop_and_restore_best(tmp_path):
+    """Under mixed precision, which wraps the optimizer (its loss scale is state too)."""
     cache = write_cache(tmp_path / "cache", val_unknown_words=True)
     # val_loss rises after every epoch. ReduceLROnPlateau (patience 1) halves the LR after
     # epochs 1 and 2 (its wait restarts after each reduction); EarlyStopping waits.
-    config = _config(epochs=4, reduce_lr_patience=1, early_stopping_patience=10)
+    config = _config(epochs=4, reduce_lr_patience=1, early_stopping_patience=10,
+                     mixed_precision=True)
     full = tmp_path / "full"
     history = train(config, cache, full, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     assert history["val_loss"].is_monotonic_increasing
+    assert history["loss"].is_monotonic_decreasing
     np.testing.assert_allclose(history["learning_rate"], [0.01, 0.01, 0.005, 0.0025])
 
     crashed = tmp_path / "crashed"
     with pytest.raises(Crash):
         train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 0)])
+    with np.load(latest_checkpoint(crashed)) as data:  # the loss scale is checkpointed too
+        assert {"optimizer/dynamic_scale", "optimizer/inner/learning_rate"} <= set(data.files)
     resumed = train(config, cache, crashed, verbose=0)
     # Epoch 2 runs with the LR reduced before the crash (from the optimizer state), and the
     # reduction after epoch 2 needs the plateau counters from the checkpoint: a fresh
@@ -188,33 +194,15 @@ def test_plateau_callbacks_stop_restore_the_best_and_survive_a_resume(tmp_path):
 
     # Early stopping (patience 1) fires after epoch 1 and ends the phase ...
     stopped = tmp_path / "stopped"
-    history = train(_config(epochs=4, early_stopping_patience=1, reduce_lr_patience=10),
-                    cache, stopped, verbose=0)
+    history = train(dataclasses.replace(config, train=dataclasses.replace(
+        config.train, early_stopping_patience=1, reduce_lr_patience=10)), cache, stopped,
+        verbose=0)
     assert list(history["epoch"]) == [0, 1]
     state = read_state(latest_checkpoint(stopped))
     assert (state.next_epoch, state.next_phase) == (4, 2)
     # ... and both runs end with the best (epoch 0) weights restored: the one state the run
     # stopped after epoch 1 and the run that went on to epoch 3 have in common.
     _assert_same_weights(stopped, full)
-
-
-def test_mixed_precision_run_trains_and_resumes_exactly(tmp_path):
-    cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
-    config = _config(epochs=2, mixed_precision=True)
-    full = tmp_path / "full"
-    history = train(config, cache, full, verbose=0)
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
-    assert np.isfinite(history["loss"]).all() and history["loss"][1] < history["loss"][0]
-    crashed = tmp_path / "crashed"
-    with pytest.raises(Crash):
-        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(1, 0)])
-    assert keras.mixed_precision.global_policy().name == "float32"
-    # The loss-scale optimizer's own state (scale, step counter) is checkpointed too.
-    path = latest_checkpoint(crashed)
-    with np.load(path) as data:
-        assert {"optimizer/dynamic_scale", "optimizer/inner/iteration"} <= set(data.files)
-    train(config, cache, crashed, verbose=0)
-    _assert_same_weights(full, crashed)
 
 
 def test_checkpoints_match_variables_by_name(tmp_path):
@@ -267,60 +255,37 @@ MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    import keras, numpy as np
+    import numpy as np
     from icapnet.config import Config, ModelConfig, TrainConfig
-    from icapnet.model import Captioner, load_model_dir
+    from icapnet.model import load_model_dir
     from icapnet.model.training import get_strategy, train
 
-    cfg = ModelConfig(vocab_size=15, embedding_dim=8, units=12, attention_units=6, dropout=0.0,
-                      state_dropout=0.0, num_regions=5, feature_dim=4)
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(4, 5, 4)).astype("float32")
-    # Uneven real-token counts per replica half: a per-replica mean would be wrong.
-    caps = np.array([[1, 5, 6, 7, 8, 9, 2], [1, 5, 2, 0, 0, 0, 0],
-                     [1, 6, 2, 0, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0]], "int32")
-    ds = tf.data.Dataset.from_tensors((feats, caps))
-
-    def run(strategy, weights=None):
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
-            model = Captioner(cfg, attention_penalty=0.5, clip_norm=0.05)
-            if weights is not None:
-                model.set_weights(weights)
-            model.compile(optimizer=keras.optimizers.SGD(0.5))
-        logs = model.fit(ds, epochs=1, verbose=0).history
-        val = model.evaluate(ds, verbose=0, return_dict=True)
-        return model, {k: v[-1] for k, v in logs.items()}, val
-
-    keras.utils.set_random_seed(0)
-    start = Captioner(cfg, attention_penalty=0.5, clip_norm=0.05).get_weights()
-    single, logs1, val1 = run(tf.distribute.get_strategy(), start)
-    mirrored = get_strategy("mirrored")  # what train() uses: one per process
-    multi, logs2, val2 = run(mirrored, start)
-    diff = max(float(np.abs(a - b).max())
-               for a, b in zip(single.get_weights(), multi.get_weights()))
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), start))
-
-    # The whole train() loop (datasets, callbacks, checkpoints) on one device and on two.
     cache, out = sys.argv[1], sys.argv[2]
     histories, weights = {}, {}
     for strategy in ("default", "mirrored"):
         config = Config(model=ModelConfig(embedding_dim=8, units=16, attention_units=8,
                                           dropout=0.0, state_dropout=0.0),
                         train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, seed=7,
-                                          strategy=strategy))
+                                          strategy=strategy, attention_penalty=0.5,
+                                          clip_norm=0.05))
         history = train(config, cache, f"{out}/{strategy}", verbose=0)
         histories[strategy] = history.drop(columns="learning_rate").to_dict("list")
         weights[strategy] = [w.numpy() for w in load_model_dir(f"{out}/{strategy}")[0].weights]
-    train_diff = max(float(np.abs(a - b).max())
-                     for a, b in zip(weights["default"], weights["mirrored"]))
-    json.dump({"replicas": mirrored.num_replicas_in_sync, "diff": diff, "moved": moved,
-               "logs1": logs1, "logs2": logs2, "val1": val1, "val2": val2,
-               "histories": histories, "train_diff": train_diff}, sys.stdout)
+    diff = max(float(np.abs(a - b).max())
+               for a, b in zip(weights["default"], weights["mirrored"]))
+    json.dump({"replicas": get_strategy("mirrored").num_replicas_in_sync, "diff": diff,
+               "histories": histories}, sys.stdout)
 """)
 
 
 def test_mirrored_strategy_matches_single_device(tmp_path):
+    """train() on two replicas (2 logical CPUs) is the same run as on one device.
+
+    The captions have different lengths, so the two halves of a batch hold different numbers
+    of real tokens (a per-replica mean would be wrong); the attention penalty is normalised
+    by the global batch and the tiny clip_norm makes the global-norm clipping bite. Every
+    epoch's batches come from its seed alone, however many iterators tf.distribute makes.
+    """
     cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", MIRRORED, str(cache), str(tmp_path)],
@@ -328,18 +293,11 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
-    assert out["moved"] > 1e-3  # the step did something ...
-    assert out["diff"] < 1e-5  # ... and the same thing on 2 replicas as on 1 device
-    for key in ("loss", "token_loss", "attention_penalty", "accuracy"):
-        assert out["logs2"][key] == pytest.approx(out["logs1"][key], rel=1e-5), key
-        assert out["val2"][key] == pytest.approx(out["val1"][key], rel=1e-5), key
-    # The whole train() loop on two replicas: same epochs, same batches (each epoch's order
-    # comes from its seed alone, however many iterators tf.distribute makes), same run.
     single, multi = out["histories"]["default"], out["histories"]["mirrored"]
-    assert single["loss"][1] < single["loss"][0]
-    for key, values in single.items():
+    assert single["loss"][1] < single["loss"][0]  # it trained ...
+    for key, values in single.items():  # ... and the same on two replicas
         np.testing.assert_allclose(multi[key], values, rtol=1e-4, err_msg=key)
-    assert out["train_diff"] < 1e-3
+    assert out["diff"] < 1e-4
 
 
 @pytest.fixture(scope="module")
