@@ -14,9 +14,12 @@ corrupt, truncated, not an image, unsupported) gives one ``error: PATH: problem`
 stderr; the other images are still captioned and the exit code is 1. A bad ``--model``
 (or no model under ``saved_models/``) is a one-line error with exit code 2.
 
-``--attention-dir D`` writes, per image, ``D/<stem>_attention.png`` (one panel per word: the
-14x14 map upsampled to the photo's size, over the photo) and ``D/<stem>_attention.npz``
-(``words``, raw ``attention`` [T,14,14], ``caption``, ``image_path``, ``image_size``, ``score``).
+``--attention-dir D`` writes, per image, ``D/<stem>_attention.png`` (the photo, then one panel
+per word and ``<end>``: the 14x14 map over the photo, opacity following the attention, one
+shared colour scale; see :mod:`icapnet.plots.attention`) -- or ``.gif`` stepping through the
+words with ``--attention-format gif`` -- and ``D/<stem>_attention.npz`` (``words``, raw
+``attention`` [T,14,14], ``end_attention``, ``caption``, ``image_path``, ``image_size``,
+``score``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from pathlib import Path
 
 from icapnet import cli
 from icapnet.errors import require_positive, run_cli
-from icapnet.inference.captioning import caption_files, expand_inputs, load_predictor
+from icapnet.inference.captioning import (
+    ATTENTION_FORMATS,
+    caption_files,
+    expand_inputs,
+    load_predictor,
+)
 from icapnet.model.store import resolve_model
 
 
@@ -44,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_model_flag(parser)
     cli.add_decoding_flags(parser, feature_weights=True)
     parser.add_argument("--attention-dir", type=Path, metavar="D",
-                        help="write an attention grid PNG and the raw maps (.npz) per image")
+                        help="write an attention figure and the raw maps (.npz) per image")
+    parser.add_argument("--attention-format", choices=ATTENTION_FORMATS, default="png",
+                        help="attention figure: png (all words side by side, default) or gif "
+                        "(animated, one word per frame)")
     parser.add_argument("--json", action="store_true", help="JSON lines with path, caption, score")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     return parser
@@ -67,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     single = len(paths) == 1 and not errors
     failed = bool(errors)
     records = caption_files(predictor, paths, beam_size=args.beam, max_length=args.max_length,
-                            batch_size=args.batch_size, attention_dir=args.attention_dir)
+                            batch_size=args.batch_size, attention_dir=args.attention_dir,
+                            attention_format=args.attention_format)
     with tqdm(total=len(paths), desc="captioning", unit="img", disable=None, leave=False) as bar:
         for record in records:
             bar.update(1)

@@ -28,11 +28,12 @@ def start(log_info: bool = False) -> None:
 
 
 def add_model_flag(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    what = "trained model directory, packaged .zip or http(s) URL of one"
     if required:
-        parser.add_argument("--model", required=True, help="trained model directory")
+        parser.add_argument("--model", required=True, help=what)
     else:
         parser.add_argument("--model", default=None,
-                            help=f"model directory (default: the newest folder under "
+                            help=f"{what} (default: the newest folder under "
                             f"{DEFAULT_MODELS_DIR}/ with a config.json)")
 
 

@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam size evaluated next to greedy (default 3)")
     p.add_argument("--show", type=int, default=6, metavar="N",
                    help="held-out images to caption with attention heatmaps (default 6)")
-    p.add_argument("--seed", type=int, default=0, help="scene and training seed")
+    p.add_argument("--split", choices=("official", "random"), default="official",
+                   help="flickr8k: the published split (default) or a random 80/10/10 split "
+                   "by image, seeded by --seed (synthetic scenes are always split at random)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="scene, training (and --split random) seed")
     p.add_argument("--no-coco", action="store_true",
                    help="nltk BLEU only (skip the Java-based METEOR/ROUGE-L/CIDEr)")
     p.add_argument("--quiet", action="store_true", help="no training progress bar")
@@ -115,8 +119,11 @@ class _Stages:
 
 def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[str, Any]:
     """What the scenes and the feature cache depend on (a reused folder must agree)."""
-    return {"dataset": args.dataset, "data_dir": str(data_dir.resolve()),
-            "weights": weights, "num_images": args.num_images, "seed": args.seed}
+    settings = {"dataset": args.dataset, "data_dir": str(data_dir.resolve()),
+                "weights": weights, "num_images": args.num_images, "seed": args.seed}
+    if args.dataset == "flickr8k":
+        settings["split"] = args.split
+    return settings
 
 
 def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
@@ -182,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     cli.start(log_info=True)
-    from icapnet.data.cache import describe_cache
-    from icapnet.data.cache_build import prepare_cache
+    from icapnet.data.cache import describe_cache, open_cache
+    from icapnet.data.cache_build import build_cache, limit_dataset
     from icapnet.data.datasets import load_dataset
     from icapnet.inference.captioning import load_predictor
     from icapnet.model.backbone import feature_config_for
@@ -195,13 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from icapnet.data.synthetic import ensure_scenes
 
         ensure_scenes(data_dir, args.num_images, seed=args.seed)
-    dataset = load_dataset(args.dataset, data_dir)
+    random_split = not synthetic and args.split == "random"
+    dataset = load_dataset(args.dataset, data_dir,
+                           **({"split": "random", "seed": args.seed} if random_split else {}))
     print(f"  {len(dataset.images)} images")
 
     stages.start(2, "features", f"feature cache ({weights} weights): {cache_dir}")
     data_cfg = DataConfig(dataset=args.dataset, data_dir=str(data_dir), cache_dir=str(cache_dir))
-    cache = prepare_cache(data_cfg, feature_config_for("vgg16", weights),
-                          limit=None if synthetic else args.num_images)
+    if not synthetic and args.num_images:
+        dataset = limit_dataset(dataset, args.num_images)
+    build_cache(dataset, cache_dir, feature_config_for("vgg16", weights), data_cfg)
+    cache = open_cache(cache_dir)
     print(describe_cache(cache, data_cfg))
 
     stages.start(3, "training", f"training (resumes if interrupted): {model_dir}")

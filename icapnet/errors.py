@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -22,7 +23,20 @@ def run_cli(
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     return int(code or 0)
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do.
+
+    Python would otherwise print a traceback when it flushes stdout at exit; pointing stdout at
+    /dev/null first is the recipe from the ``signal`` module's documentation.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a killed pipeline stage
 
 
 def require_positive(args: object, *names: str, optional: tuple[str, ...] = ()) -> None:

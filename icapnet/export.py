@@ -31,6 +31,7 @@ from typing import Any
 
 from icapnet import cli
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.model.store import resolve_model
 
 EXPORT_INFO_FILE = "icapnet_export.json"
 
@@ -231,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    model_dir = resolve_model(args.model)
     cli.start()
     out = export_saved_model(
-        args.model,
+        model_dir,
         args.out,
         feature_weights=args.feature_weights,
         beam_size=args.beam,

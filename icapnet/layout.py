@@ -21,6 +21,7 @@ Model directory (``train`` writes it, ``model/store.py`` reads it)::
     MODEL/history.csv  loss.png  logs/                   training record
     MODEL/checkpoints/epoch-{e:04d}.npz  best.npz  config.json   resume state
     MODEL/metrics.json  results_{split}_beam{k}.json     evaluation
+    MODEL/icapnet-package.json  icapnet-source.json      a model unpacked from a package
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ LOG_DIR = "logs"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best.npz"
+# A model shared as one .zip (model/package.py); both files stay in the unpacked folder.
+PACKAGE_MANIFEST_FILE = "icapnet-package.json"
+PACKAGE_SOURCE_FILE = "icapnet-source.json"  # where a downloaded/unpacked package came from
+LEGACY_BACKBONE_FILE = "backbone.h5"  # a packaged whole-model .h5 backbone, loaded by name
 _CHECKPOINT = re.compile(r"^epoch-(\d{4,})\.npz$")
 
 

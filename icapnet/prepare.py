@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from icapnet import cli
 from icapnet.config import DataConfig, FeatureConfig
 from icapnet.data.datasets import DATASETS
+from icapnet.data.splits import SPLIT_CHOICES
 from icapnet.errors import require_positive, run_cli
 
 
@@ -44,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="use only the first N images of each split (quick experiments)")
     p.add_argument("--shard-size", type=int, default=256, help="images per TFRecord shard")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads")
-    p.add_argument("--seed", type=int, default=None, help="seed of the 80/10/10 fallback split")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default=None,
+                   help="flickr8k: 'official' (default; the published 6000/1000/1000 lists, "
+                   "from split files beside the data or else shipped with icapnet) or "
+                   "'random' (a seeded 80/10/10 split by image; scores then do not compare "
+                   "with published ones)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of --split random (and of COCO's val/test halves)")
     p.add_argument("--images-dir", default=None, help="karpathy/coco: folder of the images")
     p.add_argument("--json-file", default=None, help="karpathy: which split JSON to read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     feature_cfg = feature_config_for(args.backbone, args.weights, args.layer, args.image_size)
     data_cfg = DataConfig(dataset=args.dataset, data_dir=str(args.data_dir), cache_dir=args.out,
                           min_count=args.min_count, max_vocab_size=args.max_vocab)
-    cache = prepare_cache(data_cfg, feature_cfg, limit=args.limit, seed=args.seed,
+    cache = prepare_cache(data_cfg, feature_cfg, limit=args.limit, split=args.split,
+                          seed=args.seed,
                           images_dir=args.images_dir, json_file=args.json_file,
                           batch_size=args.batch_size, shard_size=args.shard_size,
                           workers=args.workers, progress=not args.quiet)

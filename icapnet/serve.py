@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import io
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone weights to use instead of the ones recorded in the model's config "
         "(a local .h5 file, 'imagenet' or 'none')",
     )
+    parser.add_argument(
+        "--examples",
+        default=None,
+        metavar="DIR",
+        help="folder of example photos the page offers (default: MODEL/examples/ if present; "
+        "a few drawn scenes for a model trained on synthetic data)",
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up caption")
     return parser
 
@@ -56,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         raise IcapnetError(f"--port: must be from 0 to 65535, got {args.port}")
     model_dir = resolve_model(args.model)
+    if args.examples is not None and not os.path.isdir(args.examples):
+        raise IcapnetError(f"{args.examples}: examples folder not found")
     sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast
 
     cli.start()
@@ -66,13 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"loading model {model_dir} ...", file=sys.stderr, flush=True)
     predictor = Predictor.from_dir(model_dir, feature_weights=args.feature_weights)
-    if not args.no_warmup:
-        predictor.caption_bytes(_warmup_png(), beam_size=1)
+    if not args.no_warmup:  # trace the greedy and the beam graphs the page uses
+        from icapnet.data.images import load_image_bytes
+
+        warm = load_image_bytes(_warmup_png(), "warm-up image")
+        predictor.caption_images([warm], beam_size=1)
+        predictor.caption_images([warm], beam_size=2, num_candidates=2)
     app = create_app(
         predictor,
         model_dir,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_beam_size=args.max_beam_size,
+        examples_dir=args.examples,
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

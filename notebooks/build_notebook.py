@@ -169,8 +169,9 @@ print(table.round(4).to_string())"""),
     ("md", """\
 ## 6. Where does the model look?
 
-For a few test images: the caption, and for each word the attention map over the 14×14
-regions, upsampled onto the photo."""),
+For a few test images: the photo, then for each word (and `<end>`) the attention map over
+the 14×14 regions laid onto the photo. Opacity follows the attention, so the photo's colours
+show where the model did not look; all panels share one colour scale."""),
     ("code", """\
 from IPython.display import display
 
@@ -190,7 +191,8 @@ for image_id, image, result in zip(test_ids, images,
                                    predictor.caption_images(images, beam_size=BEAM)):
     print(f"{image_id}: {result.caption}\\n  reference: {dataset.captions[image_id][0]}")
     if result.words:
-        fig = attention_figure(image, result.words, result.attention)
+        fig = attention_figure(image, result.words, result.attention, result.caption,
+                               result.end_attention)
         fig.savefig(HEATMAPS / f"{Path(image_id).stem}.png", dpi=80)
         display(fig)"""),
     ("md", """\
@@ -227,7 +229,7 @@ words = [w.decode() for w in out["words"].numpy()[0][: out["lengths"].numpy()[0]
 print(f"SavedModel caption for {Path(name).name}: {caption}")
 if words:
     image = tf.io.decode_image(photo, channels=3, expand_animations=False).numpy()
-    display(attention_figure(image, words, out["attention"].numpy()[0][: len(words)]))"""),
+    display(attention_figure(image, words, out["attention"].numpy()[0][: len(words)], caption))"""),
     ("md", """\
 ## Keep the results
 
@@ -235,6 +237,28 @@ The model folder (`config.json`, `vocab.json`, weights, `metrics.json`, `loss.pn
 SavedModel are in `WORK_DIR`. Copy them to Drive to keep them after the session ends, e.g.
 `!cp -r /content/icapnet_run/model /content/icapnet_run/export /content/drive/MyDrive/`, and
 caption photos locally with `python -m icapnet.caption photo.jpg --model model`."""),
+    ("md", """\
+## 9. Share the trained model
+
+One `.zip` holds everything needed to caption (config, vocabulary, weights, metrics, and the
+backbone file if it was fine-tuned), with a manifest of sha256 sums inside; its own sha256 is
+printed and written next to it. Anyone can then caption with `--model icapnet-model.zip`, or
+with `--model https://your-host/icapnet-model.zip#sha256=…` once it is online (downloaded
+once into `~/.cache/icapnet/models`, checked, unpacked). In Colab the browser downloads it."""),
+    ("code", """\
+from icapnet import package
+
+PACKAGE = WORK / "icapnet-model.zip"
+run(package.main, "--model", MODEL_DIR, "--out", PACKAGE)
+SHA256 = PACKAGE.with_name(PACKAGE.name + ".sha256").read_text().split()[0]
+print(f"caption with: python -m icapnet.caption photo.jpg --model {PACKAGE.name}")
+print(f"or, once online: --model https://YOUR-HOST/{PACKAGE.name}#sha256={SHA256}")
+try:
+    from google.colab import files
+
+    files.download(str(PACKAGE))
+except ImportError:  # not in Colab: the package stays in WORK_DIR
+    pass"""),
 ]
 
 

@@ -10,6 +10,9 @@ captions are real sentences from the synthetic grammar, not noise.
 from __future__ import annotations
 
 import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,75 @@ def tiny_model_dir(
     model.fit(batches.repeat(TINY_TRAIN_STEPS), epochs=1, shuffle=False, verbose=0)
     _fold_standardization(model.encoder.dense, mean, std)
     return save_model_dir(tmp_path_factory.mktemp("models") / "tiny", model, vocab, config)
+
+
+class LocalHTTPServer:
+    """Tiny HTTP server on 127.0.0.1 with Range support and fault injection."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.paths: list[str] = []  # every request, in order
+        self.ranges: list[str | None] = []
+        self.ignore_range = False
+        self.cut_first_response_at: int | None = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.paths.append(self.path)
+                data = server.files.get(self.path.lstrip("/"))
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+                if m and not server.ignore_range:
+                    start = int(m.group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_first_response_at is not None:
+                    cut, server.cut_first_response_at = server.cut_first_response_at, None
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server(monkeypatch: pytest.MonkeyPatch):
+    """A LocalHTTPServer on 127.0.0.1 (no download retry delays while it runs)."""
+    from icapnet.data import download
+
+    monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
+    srv = LocalHTTPServer()
+    yield srv
+    srv.close()
 
 
 def _fold_standardization(dense, mean: float, std: float) -> None:

@@ -63,10 +63,28 @@ def test_batch_with_bad_files_attention_and_exit_code(
         maps = data["attention"]
         assert maps.shape == (len(words), grid, grid)
         np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, atol=1e-3)  # softmax over regions
+        np.testing.assert_allclose(data["end_attention"].sum(), 1.0, atol=1e-3)
         with Image.open(att / f"{path.stem}_attention.png") as png:
-            assert png.info["Panels"] == str(len(words))  # one panel per word
-            assert png.info["Words"] == text
+            assert png.info["Panels"] == str(len(words) + 2)  # photo, each word, <end>
+            assert png.info["Words"] == text and png.info["Caption"] == text
     assert not (att / "truncated_attention.png").exists()
+
+
+def test_attention_gif_steps_through_the_words(
+    tiny_model_dir: Path, sample_images: list[Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    att = tmp_path / "gif"
+    code = caption.main([str(sample_images[0]), "--model", str(tiny_model_dir), "--json",
+                         "--attention-dir", str(att), "--attention-format", "gif"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    gif = Path(record["attention_gif"])
+    assert gif == att / f"{sample_images[0].stem}_attention.gif" and "attention_png" not in record
+    with Image.open(gif) as frames:
+        assert frames.format == "GIF" and frames.is_animated
+        assert frames.n_frames == len(record["words"]) + 2  # photo, each word, <end>
+        assert frames.info["loop"] == 0
 
 
 def test_json_lines_folder_glob_and_beam(

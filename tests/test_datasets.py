@@ -39,8 +39,8 @@ def _kaggle(root: Path, n: int = 20, missing: int = 0) -> Path:
     return root
 
 
-def test_kaggle_layout_quotes_commas_and_split_by_image(tmp_path):
-    ds = load_dataset("flickr8k", _kaggle(tmp_path))
+def test_kaggle_layout_quotes_commas_and_random_split_by_image(tmp_path):
+    ds = load_dataset("flickr8k", _kaggle(tmp_path), split="random")
     assert ds.name == "flickr8k" and len(ds.images) == 20
     caps = ds.captions["1000_abc.jpg"]
     assert caps == [
@@ -49,25 +49,39 @@ def test_kaggle_layout_quotes_commas_and_split_by_image(tmp_path):
         "A child in a pink dress , climbing up stairs .",
     ]
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 16, "val": 2, "test": 2}
+    assert ds.split_info["source"] == "random 80/10/10 by image (seed 0)"
     _check_splits(ds)
-    again = load_dataset("flickr8k", tmp_path)
+    again = load_dataset("flickr8k", tmp_path, split="random")
     assert again.splits == ds.splits
-    other = load_dataset("flickr8k", tmp_path, seed=1)
+    other = load_dataset("flickr8k", tmp_path, split="random", seed=1)
     assert other.splits != ds.splits
+    assert other.split_info["source"] == "random 80/10/10 by image (seed 1)"
+
+
+def test_made_up_names_are_in_no_official_list(tmp_path):
+    """The default for flickr8k is the official split; other data must ask for random."""
+    with pytest.raises(IcapnetError, match=r"captions\.txt: none of the 20 images with "
+                       r"captions is in the official \(package data\) split; .*--split random"):
+        load_dataset("flickr8k", _kaggle(tmp_path))
+    with pytest.raises(IcapnetError, match=r"^--seed 3: the official Flickr8k split is fixed"):
+        load_dataset("flickr8k", tmp_path, seed=3)
+    with pytest.raises(IcapnetError, match="--split sideways: unknown"):
+        load_dataset("flickr8k", tmp_path, split="sideways")
 
 
 def test_missing_images_are_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        ds = load_dataset("flickr8k", _kaggle(tmp_path, n=6, missing=2))
+        ds = load_dataset("flickr8k", _kaggle(tmp_path, n=6, missing=2), split="random")
     assert sorted(ds.images) == [f"{1000 + i}_abc.jpg" for i in range(2, 6)]
-    assert "2 of 6 listed images are missing" in caplog.text
+    assert "2 listed image(s) missing under" in caplog.text
+    assert ds.split_info["missing"] == {"all": 2}
     _check_splits(ds)
 
 
 def test_zero_usable_images_is_an_error(tmp_path):
     _kaggle(tmp_path, n=3, missing=3)
     with pytest.raises(IcapnetError, match="no usable images"):
-        load_dataset("flickr8k", tmp_path)
+        load_dataset("flickr8k", tmp_path, split="random")
 
 
 def test_empty_captions_dropped_with_warning(tmp_path, caplog):
@@ -75,7 +89,7 @@ def test_empty_captions_dropped_with_warning(tmp_path, caplog):
     _image(tmp_path / "Images" / "b.jpg")
     (tmp_path / "captions.txt").write_text("image,caption\na.jpg,A cat .\na.jpg, . \nb.jpg,!!\n")
     with caplog.at_level(logging.WARNING):
-        ds = load_dataset("flickr8k", tmp_path)
+        ds = load_dataset("flickr8k", tmp_path, split="random")
     assert ds.captions == {"a.jpg": ["A cat ."]}
     assert "dropped 2 empty caption" in caplog.text
 
@@ -104,8 +118,12 @@ def _original(root: Path, text_dir: str = "Flickr8k_text", split_files: bool = T
 
 
 @pytest.mark.parametrize("text_dir", ["Flickr8k_text", ""])
-def test_original_layout_uses_official_split(tmp_path, text_dir):
-    ds = load_dataset("flickr8k", _original(tmp_path, text_dir))
+def test_original_layout_split_files_beside_the_data_win(tmp_path, text_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("flickr8k", _original(tmp_path, text_dir))
+    assert "differ from the official Flickr8k lists" in caplog.text
+    assert ds.split_info["source"].startswith("split files beside the data (differ from")
+    assert ds.split_info["missing"] == {"train": 0, "val": 0, "test": 1}
     assert ds.splits["train"] == [f"{2000 + i}_x.jpg" for i in range(6)]
     assert ds.splits["val"] == ["2006_x.jpg", "2007_x.jpg"]
     assert ds.splits["test"] == ["2008_x.jpg"]  # 2009 is missing on disk
@@ -114,8 +132,8 @@ def test_original_layout_uses_official_split(tmp_path, text_dir):
     _check_splits(ds)
 
 
-def test_original_layout_without_split_files_splits_by_image(tmp_path):
-    ds = load_dataset("flickr8k", _original(tmp_path, split_files=False))
+def test_original_layout_random_split(tmp_path):
+    ds = load_dataset("flickr8k", _original(tmp_path, split_files=False), split="random")
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 7, "val": 1, "test": 1}
     _check_splits(ds)
 

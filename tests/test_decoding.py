@@ -14,6 +14,7 @@ from icapnet.inference.decoding import (
     END_ID,
     NEVER_EMITTED,
     _compiled,
+    beam_candidates,
     beam_search,
     decode,
     greedy_decode,
@@ -257,3 +258,52 @@ def test_decode_dispatch_and_argument_checks(gru) -> None:
         beam_search(gru, feats, 0, 5)
     with pytest.raises(ValueError, match="max_length"):
         greedy_decode(gru, feats, 0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_beam_candidates_are_distinct_finished_hypotheses_best_first(gru, alpha: float) -> None:
+    """Each candidate's score and attention are those of its own words; #0 is beam_search's."""
+    feats = _features(12, batch=5)
+    best = beam_search(gru, feats, 4, 8, length_penalty=alpha).to_numpy()
+    cands = beam_candidates(gru, feats, 4, 8, length_penalty=alpha).to_numpy()
+    assert cands.scores.shape == (5, 4) and cands.tokens.shape[:2] == (5, 4)
+    np.testing.assert_allclose(cands.scores[:, 0], best.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cands.lengths[:, 0], best.lengths)
+    filled = 0
+    for i in range(len(feats)):
+        n0 = int(best.lengths[i])
+        np.testing.assert_array_equal(cands.tokens[i, 0, :n0], best.tokens[i, :n0])
+        np.testing.assert_allclose(cands.attention[i, 0, :n0], best.attention[i, :n0], atol=1e-6)
+        valid = np.isfinite(cands.scores[i])
+        assert (np.diff(cands.scores[i][valid]) <= 1e-6).all(), "best first"
+        seen = set()
+        for j in np.flatnonzero(valid):
+            n = int(cands.lengths[i, j])
+            tokens = cands.tokens[i, j, :n].tolist()
+            assert tokens[-1] == END_ID and END_ID not in tokens[:-1]
+            assert tuple(tokens) not in seen, "candidates must differ"
+            seen.add(tuple(tokens))
+            total, alphas = _rescore(gru, feats[i], tokens)
+            penalty = ((5.0 + n) / 6.0) ** alpha
+            np.testing.assert_allclose(cands.scores[i, j], total / penalty, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(cands.attention[i, j, :n], alphas, atol=1e-5)
+            assert (cands.attention[i, j, n:] == 0).all()
+        assert (cands.lengths[i][~valid] == 0).all()
+        filled += int(valid.sum())
+    assert filled > len(feats), "some image should get more than one candidate"
+
+
+def test_beam_candidates_count_and_unfinished_fallback(gru) -> None:
+    feats = _features(13, batch=3)
+    two = beam_candidates(gru, feats, 4, 8, num_candidates=2).to_numpy()
+    assert two.scores.shape == (3, 2)
+    capped = beam_candidates(gru, feats, 2, 8, num_candidates=9).to_numpy()
+    assert capped.scores.shape == (3, 2)  # never more than the beam holds
+    with _bias(gru, [END_ID], float("-inf")):  # nothing ever ends: the best partial, alone
+        partial = beam_candidates(gru, feats, 3, 5).to_numpy()
+        best = beam_search(gru, feats, 3, 5).to_numpy()
+    np.testing.assert_array_equal(partial.tokens[:, 0], best.tokens)
+    np.testing.assert_allclose(partial.scores[:, 0], best.scores, atol=1e-5)
+    assert np.isneginf(partial.scores[:, 1:]).all() and (partial.lengths[:, 1:] == 0).all()
+    with pytest.raises(ValueError, match="num_candidates"):
+        beam_candidates(gru, feats, 3, 5, num_candidates=0)

@@ -86,9 +86,11 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     for record in records:
         assert record["caption"].strip()
         png = record["attention_png"]
-        with Image.open(png) as img:  # one panel per word of the caption
-            assert int(img.info["Panels"]) == len(record["words"])
-        assert np.load(record["attention_npz"])["attention"].shape[1:] == (14, 14)
+        raw = np.load(record["attention_npz"])
+        ended = not np.isnan(raw["end_attention"]).all()
+        with Image.open(png) as img:  # the photo, one panel per word, <end> if it ended
+            assert int(img.info["Panels"]) == 1 + len(record["words"]) + ended
+        assert raw["attention"].shape[1:] == (14, 14)
     summary = json.loads((out / demo.SUMMARY_FILE).read_text())
     assert summary["metrics"] == metrics["test"]
     assert set(summary["attention_localisation"]) == {"beam1", "beam2"}

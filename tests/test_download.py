@@ -1,10 +1,7 @@
 import hashlib
 import io
-import re
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,68 +13,10 @@ from icapnet.data.datasets import load_dataset
 from icapnet.errors import IcapnetError, run_cli
 
 
-class _Server:
-    """Tiny HTTP server on 127.0.0.1 with Range support and fault injection."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.ranges: list[str | None] = []
-        self.ignore_range = False
-        self.cut_first_response_at: int | None = None
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = server.files.get(self.path.lstrip("/"))
-                rng = self.headers.get("Range")
-                server.ranges.append(rng)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if m and not server.ignore_range:
-                    start = int(m.group(1))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if server.cut_first_response_at is not None:
-                    cut, server.cut_first_response_at = server.cut_first_response_at, None
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
-    srv = _Server()
-    yield srv
-    srv.close()
+def server(http_server):
+    """The local HTTP server of conftest.py (Range support, fault injection)."""
+    return http_server
 
 
 def _payload(n: int = 300_000) -> bytes:
@@ -202,7 +141,7 @@ def test_local_kaggle_tar_gz_and_unpacked_folder(tmp_path):
         tf.add(src / "Images", arcname="Images")
         tf.add(src / "captions.txt", arcname="captions.txt")
     d1 = download.fetch_flickr8k(tmp_path / "d1", str(archive), progress=False)
-    assert sorted(load_dataset("flickr8k", d1).images) == ["1_a.jpg", "2_b.jpg"]
+    assert sorted(load_dataset("flickr8k", d1, split="random").images) == ["1_a.jpg", "2_b.jpg"]
     d2 = download.fetch_flickr8k(tmp_path / "d2", str(src), progress=False)
     assert (d2 / "Images" / "1_a.jpg").read_bytes() == (src / "Images" / "1_a.jpg").read_bytes()
 

@@ -132,3 +132,82 @@ def test_load_image_bytes_uses_the_given_name():
     _check_rgb(load_image_bytes(buf.getvalue(), "upload.png"), (7, 5))
     with pytest.raises(IcapnetError, match=r"^photo\.jpg: "):
         load_image_bytes(b"GIF89a-not-really", "photo.jpg")
+
+
+# ------------------------------------------------------------ reduced-size decoding (web)
+
+def _two_tone(size=(3000, 1500)) -> Image.Image:
+    img = Image.new("RGB", size, (30, 60, 220))
+    img.paste(RED, (0, 0, size[0] // 2, size[1]))  # left half red, right half blue
+    return img
+
+
+@pytest.mark.parametrize("mode,fmt", [
+    ("RGB", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"),
+    ("1", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("F", "TIFF"), ("RGB", "WEBP"),
+])
+def test_reduced_decode_keeps_aspect_and_colours(mode, fmt):
+    img = _two_tone()
+    img = img.convert("L").convert(mode) if mode in ("I;16", "F") else img.convert(mode)
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    full = load_image_bytes(buffer.getvalue())
+    small = load_image_bytes(buffer.getvalue(), max_side=600)
+    _check_rgb(full, (1500, 3000))
+    assert small.shape[1] == 600 and abs(small.shape[0] - 300) <= 1  # aspect kept
+    for (y, x), (ys, xs) in (((750, 700), (150, 140)), ((750, 2300), (150, 460))):
+        patch = full[y - 20:y + 20, x - 20:x + 20].reshape(-1, 3).mean(axis=0)
+        shrunk = small[ys - 4:ys + 4, xs - 4:xs + 4].reshape(-1, 3).mean(axis=0)
+        assert np.abs(patch - shrunk).max() < 12, (mode, fmt, patch, shrunk)
+
+
+def test_reduced_decode_applies_exif_orientation():
+    img = Image.new("RGB", (2000, 1000), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 1000, 1000))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = rotate 90 degrees clockwise
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif, quality=95)
+    arr = load_image_bytes(buffer.getvalue(), max_side=400)
+    assert arr.shape == (400, 200, 3)  # portrait after rotation, long side 400
+    assert arr[:150, :, 0].mean() > 200 and arr[250:, :, 2].mean() > 200
+
+
+def test_small_images_are_decoded_exactly_as_without_a_limit():
+    buffer = io.BytesIO()
+    _two_tone((300, 200)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    np.testing.assert_array_equal(load_image_bytes(data, max_side=300), load_image_bytes(data))
+
+
+def test_huge_jpeg_is_decoded_small_without_a_full_size_copy(tmp_path):
+    """8000 x 8000 JPEG with max_side=1024: peak memory far below the 192 MB of full RGB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "huge.jpg"
+    _two_tone((8000, 8000)).save(path, quality=85)
+    # VmHWM is this address space's peak RSS (ru_maxrss would include the forking parent's).
+    script = (
+        "import sys\n"
+        "from icapnet.data.images import load_image\n"
+        "def peak():\n"
+        "    line = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
+        "    return int(line.split()[1])\n"
+        "base = peak()\n"
+        "a = load_image(sys.argv[1], max_side=int(sys.argv[2]))\n"
+        "print(a.shape[0], a.shape[1], peak() - base)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+
+    def run(max_side: int) -> tuple[int, int, float]:
+        out = subprocess.run([sys.executable, "-c", script, str(path), str(max_side)],
+                             capture_output=True, text=True, check=True, cwd=root).stdout
+        height, width, grown_kb = out.split()
+        return int(height), int(width), int(grown_kb) / 1024
+
+    height, width, grown_mb = run(1024)
+    assert (height, width) == (1024, 1024)
+    assert grown_mb < 40, f"reduced decode grew the process by {grown_mb:.0f} MB"
+    assert run(8000)[2] > 150  # the full decode really is that big (the test can fail)

@@ -71,3 +71,5 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
     assert {"beam1", "beam3"} <= set(metrics["test"])
     assert list((work / "attention").glob("*.png"))
     assert (work / "export" / "saved_model.pb").is_file()
+    assert "model package: " in text and "--model icapnet-model.zip" in text
+    assert (work / "icapnet-model.zip").is_file() and (work / "icapnet-model.zip.sha256").is_file()

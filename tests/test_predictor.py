@@ -135,3 +135,31 @@ def test_model_made_with_an_older_random_backbone_is_refused(
     # Asking for this version's random backbone explicitly is allowed.
     assert Predictor.from_dir(old, feature_weights="none").caption_images(
         [np.zeros((32, 32, 3), np.uint8)])[0].caption
+
+
+def test_end_attention_and_beam_candidates(predictor: Predictor, sample_images: list[Path]) -> None:
+    """The <end> step's map comes along; asking for candidates does not change the caption."""
+    from icapnet.inference.decoding import END_ID
+
+    images = [load_image(p) for p in sample_images]
+    feats = predictor.extract(images)
+    raw = predictor.decode_features(feats, beam_size=1)
+    greedy = predictor.caption_features(feats, beam_size=1)
+    for i, res in enumerate(greedy):
+        n = len(res.words)
+        assert raw.tokens[i, n] == END_ID, "the tiny model ends its captions"
+        grid = res.attention.shape[-1]
+        np.testing.assert_allclose(res.end_attention, raw.attention[i, n].reshape(grid, grid))
+        assert [c.caption for c in res.candidates] == [res.caption]
+    plain = predictor.caption_images(images, beam_size=3)
+    ranked = predictor.caption_images(images, beam_size=3, num_candidates=3)
+    for one, many in zip(plain, ranked, strict=True):
+        assert many.caption == one.caption and many.score == pytest.approx(one.score, abs=1e-5)
+        np.testing.assert_allclose(many.attention, one.attention, atol=1e-6)
+        np.testing.assert_allclose(many.end_attention, one.end_attention, atol=1e-6)
+        assert 1 <= len(many.candidates) <= 3
+        assert many.candidates[0].caption == many.caption
+        scores = [c.score for c in many.candidates]
+        assert scores == sorted(scores, reverse=True)
+        assert len({c.caption for c in many.candidates}) == len(many.candidates)
+    assert any(len(r.candidates) > 1 for r in ranked)

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -231,6 +232,18 @@ def test_declared_length_over_limit_is_refused_before_reading(client) -> None:
     assert response.status_code == 413
 
 
+def _strings(value):
+    """Every string inside a JSON value (keys excluded)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
 def test_health_and_info(client, tiny_model_dir) -> None:
     from icapnet.config import Config
     from icapnet.data.text import Vocabulary
@@ -242,32 +255,103 @@ def test_health_and_info(client, tiny_model_dir) -> None:
     info = client.get("/api/info").json()
     config = Config.load(tiny_model_dir)
     assert info["name"] == tiny_model_dir.name
-    assert info["vocab_size"] == len(Vocabulary.load(tiny_model_dir)) > 4
-    assert info["data"]["dataset"] == "synthetic"
-    assert info["data"]["data_dir"] == config.data.data_dir
+    assert info["vocab_size"] == info["vocabulary"]["size"] == len(Vocabulary.load(tiny_model_dir))
+    assert info["vocabulary"]["min_count"] == config.data.min_count == 1
+    assert info["training_data"] == {
+        "dataset": "synthetic",
+        "folder": Path(config.data.data_dir).name,  # a name, not the server's path
+        "backbone_weights": "none",
+    }
     assert info["model"]["units"] == config.model.units
     assert info["backbone"]["grid"] == _grid(tiny_model_dir) > 1
     assert info["metrics_status"] == NOT_EVALUATED and info["metrics"] is None
+    assert info["metrics_summary"] is None
     assert info["limits"] == {
         "max_upload_bytes": 10 * 1024 * 1024,
         "max_upload": "10 MB",
         "max_beam_size": 10,
+        "max_candidates": 5,
     }
+
+
+def test_info_shows_names_not_server_paths(tiny_model_dir, tmp_path) -> None:
+    """Issue 12 #11: /api/info must not reveal where the server keeps its files."""
+    from icapnet.config import Config
+
+    model_dir = tmp_path / "private" / "shared-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = Config.load(model_dir)
+    config.data.cache_dir = str(tmp_path / "private" / "cache")
+    config.features.weights = str(tmp_path / "private" / "vgg16.weights.h5")
+    config.save(model_dir)
+    metrics = {"test": {"beam1": {"BLEU-1": 0.5, "cache": str(tmp_path / "private" / "cache"),
+                                  "results": "results_test_beam1.json"}}}
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    with TestClient(create_app(_NoModel(), model_dir)) as app_client:
+        info = app_client.get("/api/info").json()
+    text = json.dumps(info)
+    assert str(tmp_path) not in text and "private" not in text
+    assert not [s for s in _strings(info) if s.startswith(("/", "~")) or "\\" in s]
+    assert info["name"] == "shared-model"
+    assert info["backbone"]["weights"] == "vgg16.weights.h5"
+    assert info["training_data"]["backbone_weights"] == "vgg16.weights.h5"
+    assert info["metrics"]["test"]["beam1"]["cache"] == "cache"
+
+
+def test_info_training_data_carries_every_provenance_field() -> None:
+    """Fields other branches add to config.json's data section appear without code changes."""
+    import dataclasses
+
+    from icapnet.config import Config, DataConfig, FeatureConfig
+    from icapnet.web.info import training_data
+
+    @dataclasses.dataclass
+    class LaterDataConfig(DataConfig):  # what issue 11 adds to the data section
+        split: str = "official"
+        num_images: int = 6000
+        synthetic: bool = False
+
+    config = Config(features=FeatureConfig(weights="imagenet"),
+                    data=LaterDataConfig(dataset="flickr8k", data_dir="/d/f8k", cache_dir="/c"))
+    assert training_data(config) == {
+        "dataset": "flickr8k", "split": "official", "num_images": 6000, "synthetic": False,
+        "folder": "f8k", "backbone_weights": "imagenet"}
 
 
 def test_info_reads_metrics_and_history(tiny_model_dir, tmp_path) -> None:
     model_dir = tmp_path / "evaluated"
     shutil.copytree(tiny_model_dir, model_dir)
-    metrics = {"split": "test", "images": 3, "BLEU-4": 0.25, "nested": {"CIDEr": 1.5}}
+    scores = {"BLEU-1": 0.6, "BLEU-2": 0.4, "BLEU-3": 0.3, "BLEU-4": 0.2, "coco_Bleu_4": 0.21,
+              "METEOR": 0.19, "ROUGE_L": 0.45, "CIDEr": 0.5, "num_images": 3}
+    metrics = {
+        "test": {"beam3": {**scores, "BLEU-4": 0.25, "beam": 3},
+                 "beam1": {**scores, "beam": 1, "evaluated_at": "2026-01-01T00:00:00"}},
+        "val": {"beam1": {"BLEU-4": 0.9}},
+    }
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
     (model_dir / "history.csv").write_text("epoch,loss,val_loss\n0,3.0,3.5\n1,2.0,2.5\n")
     info = model_info(model_dir)
     assert info["metrics"] == metrics and info["metrics_status"] == "evaluated"
-    assert ["BLEU-4", 0.25] in info["metrics_table"]
-    assert ["nested.CIDEr", 1.5] in info["metrics_table"]
+    summary = info["metrics_summary"]
+    assert summary["split"] == "test" and summary["num_images"] == 3
+    assert [c["label"] for c in summary["columns"]] == ["greedy", "beam 3"]  # greedy first
+    assert [r["metric"] for r in summary["rows"]] == [
+        "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    assert summary["rows"][3]["values"] == [0.2, 0.25]
     assert info["training"] == {"epochs": 2, "loss": 2.0, "val_loss": 2.5}
+    # Only val evaluated, and only nltk BLEU: the table shrinks to what exists.
+    (model_dir / "metrics.json").write_text(json.dumps({"val": {"beam1": {"BLEU-4": 0.9}}}))
+    small = model_info(model_dir)["metrics_summary"]
+    assert small["split"] == "val" and small["rows"] == [{"metric": "BLEU-4", "values": [0.9]}]
     (model_dir / "metrics.json").write_text("{broken")
     assert model_info(model_dir)["metrics_status"] == NOT_EVALUATED
+
+
+class _NoModel:
+    """A predictor for tests that never caption."""
+
+    def caption_images(self, images, **kwargs):
+        raise AssertionError("not expected to caption")
 
 
 def test_openapi_and_page(client) -> None:
@@ -290,31 +374,56 @@ def test_openapi_and_page(client) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     for needle in ('id="file-input"', 'id="caption-button"', 'id="beam-size"', "/static/app.js"):
         assert needle in page.text
-    for asset in ("app.js", "style.css", "favicon.svg"):
+    scripts = ("heatmap.js", "info.js", "downloads.js", "app.js")
+    for asset in (*scripts, "style.css", "favicon.svg"):
         assert client.get(f"/static/{asset}").status_code == 200
-    assert "://" not in page.text + client.get("/static/app.js").text  # no CDN: works offline
+        assert f"/static/{asset}" in page.text
+    code = page.text + "".join(client.get(f"/static/{name}").text for name in scripts)
+    assert "://" not in code  # no CDN: works offline
 
 
-def test_concurrent_requests_are_serialised(predictor, tiny_model_dir, jpeg) -> None:
-    """Parallel uploads to a real uvicorn server all succeed; the model never runs twice at once."""
-    active, peak = 0, 0
-    guard = threading.Lock()
+class _Overlap:
+    """Counts how many calls of the wrapped functions run at the same time."""
 
-    class Spy:
-        def caption_bytes(self, data: bytes, **kwargs):
-            nonlocal active, peak
-            with guard:
-                active += 1
-                peak = max(peak, active)
+    def __init__(self, delay: float = 0.0) -> None:
+        self.active = self.peak = self.calls = 0
+        self.delay = delay
+        self.guard = threading.Lock()
+
+    def wrap(self, fn):
+        def counted(*args, **kwargs):
+            with self.guard:
+                self.active += 1
+                self.calls += 1
+                self.peak = max(self.peak, self.active)
             try:
-                return predictor.caption_bytes(data, **kwargs)
+                if self.delay:
+                    time.sleep(self.delay)
+                return fn(*args, **kwargs)
             finally:
-                with guard:
-                    active -= 1
+                with self.guard:
+                    self.active -= 1
+
+        return counted
+
+
+def test_one_lock_keeps_the_model_to_one_call_at_a_time(
+    predictor, tiny_model_dir, jpeg, monkeypatch
+) -> None:
+    """Parallel uploads to a real uvicorn server all succeed, and TensorFlow (backbone and
+    decoder) never runs twice at once: the Predictor's lock alone guards it (issue 14)."""
+    from icapnet.inference import predictor as predictor_module
+
+    model_calls = _Overlap()
+    extractor = predictor.extractor
+    monkeypatch.setattr(predictor, "extractor", model_calls.wrap(extractor))
+    monkeypatch.setattr(predictor_module, "decode", model_calls.wrap(predictor_module.decode))
+    monkeypatch.setattr(predictor_module, "beam_candidates",
+                        model_calls.wrap(predictor_module.beam_candidates))
 
     png = _png(colour=(200, 40, 40))
-    uploads = [jpeg, png, jpeg, b"not an image"]
-    with serve_in_background(create_app(Spy(), tiny_model_dir)) as url:
+    uploads = [jpeg, png, jpeg, b"not an image", png, jpeg]
+    with serve_in_background(create_app(predictor, tiny_model_dir)) as url:
 
         def send(data: bytes) -> httpx.Response:
             files = {"image": ("x", data, "application/octet-stream")}
@@ -325,9 +434,142 @@ def test_concurrent_requests_are_serialised(predictor, tiny_model_dir, jpeg) -> 
         with ThreadPoolExecutor(max_workers=len(uploads)) as pool:
             responses = list(pool.map(send, uploads))
         assert httpx.get(f"{url}/api/health").status_code == 200
-    assert [r.status_code for r in responses] == [200, 200, 200, 415]
+    assert [r.status_code for r in responses] == [200, 200, 200, 415, 200, 200]
     assert responses[0].json() | {"elapsed_ms": 0} == responses[2].json() | {"elapsed_ms": 0}
-    assert peak == 1
+    assert model_calls.calls >= 10 and model_calls.peak == 1
+
+
+def test_decodes_run_in_parallel_but_bounded(predictor, tiny_model_dir, jpeg, monkeypatch):
+    """Issue 12 #10: at most MAX_CONCURRENT_DECODES uploads are decoded at once."""
+    from icapnet.web import app as web_app
+
+    decodes = _Overlap(delay=0.3)
+    monkeypatch.setattr(web_app, "load_image_bytes", decodes.wrap(web_app.load_image_bytes))
+    with serve_in_background(create_app(predictor, tiny_model_dir)) as url:
+
+        def send(_: int) -> int:
+            files = {"image": ("x.jpg", jpeg, "image/jpeg")}
+            return httpx.post(f"{url}/api/caption", files=files, timeout=60).status_code
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            codes = list(pool.map(send, range(6)))
+    assert codes == [200] * 6 and decodes.calls == 6
+    assert decodes.peak == web_app.MAX_CONCURRENT_DECODES == 2
+
+
+def test_uploads_are_decoded_at_reduced_size(client, monkeypatch) -> None:
+    """A large photo reaches the model (and the figure) no larger than DECODE_MAX_SIDE."""
+    from icapnet.web import app as web_app
+
+    seen = []
+    original = web_app.load_image_bytes
+
+    def spy(data, name, max_side=None):
+        image = original(data, name, max_side)
+        seen.append((max_side, image.shape))
+        return image
+
+    monkeypatch.setattr(web_app, "load_image_bytes", spy)
+    response = _post(client, _png(size=(3000, 1500)), "wide.png", "image/png")
+    assert response.status_code == 200, response.text
+    assert seen == [(1024, (512, 1024, 3))]
+
+
+def test_nosniff_on_every_response(client, jpeg) -> None:
+    """Issue 12 #11: browsers must not guess content types, for pages, files, JSON or errors."""
+    responses = [
+        client.get("/"), client.get("/api/info"), client.get("/api/health"),
+        client.get("/static/app.js"), client.get("/docs"), client.get("/openapi.json"),
+        client.get("/nope"), client.get("/api/examples"), client.get("/api/examples/nope"),
+        _post(client, jpeg), _post(client, b"text", "a.txt", "text/plain"),
+        client.post("/api/caption", content=b"", headers={
+            "content-type": "multipart/form-data; boundary=x",
+            "content-length": str(50 * 1024 * 1024)}),
+    ]
+    assert [r.headers.get("x-content-type-options") for r in responses] == ["nosniff"] * len(
+        responses), [(r.request.url.path, r.status_code) for r in responses]
+
+
+def test_unexpected_errors_are_500_with_nosniff(tiny_model_dir, jpeg) -> None:
+    class Broken:
+        def caption_images(self, images, **kwargs):
+            raise RuntimeError("boom")
+
+    with TestClient(create_app(Broken(), tiny_model_dir), raise_server_exceptions=False) as bad:
+        response = _post(bad, jpeg)
+    assert response.status_code == 500
+    assert response.json()["detail"] == "internal error: RuntimeError; see the server log"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_end_attention_and_beam_candidates(client, predictor, jpeg, tiny_model_dir) -> None:
+    from icapnet.data.images import load_image_bytes
+
+    body = _post(client, jpeg, beam_size="3").json()
+    expected = predictor.caption_images([load_image_bytes(jpeg)], beam_size=3,
+                                        num_candidates=3)[0]
+    grid = _grid(tiny_model_dir)
+    end = np.asarray(body["end_attention"])
+    assert end.shape == (grid, grid) and end.sum() == pytest.approx(1.0, abs=1e-2)
+    np.testing.assert_allclose(end, expected.end_attention, atol=1e-4)
+    candidates = body["candidates"]
+    assert [c["caption"] for c in candidates] == [c.caption for c in expected.candidates]
+    assert candidates[0]["caption"] == body["caption"]
+    assert candidates[0]["score"] == pytest.approx(body["score"], abs=1e-5)
+    scores = [c["score"] for c in candidates]
+    assert scores == sorted(scores, reverse=True) and 1 <= len(candidates) <= 3
+    greedy = _post(client, jpeg).json()
+    assert [c["caption"] for c in greedy["candidates"]] == [greedy["caption"]]
+
+
+def test_attention_figure_download(client, jpeg) -> None:
+    """The page's PNG/GIF download: the same renderer as the CLI, as an attachment."""
+    body = _post(client, jpeg).json()
+    png = client.post("/api/attention", files={"image": ("my photo.jpg", jpeg, "image/jpeg")})
+    assert png.status_code == 200, png.text
+    assert png.headers["content-type"] == "image/png"
+    assert png.headers["content-disposition"] == 'attachment; filename="my_photo_attention.png"'
+    with Image.open(io.BytesIO(png.content)) as figure:
+        assert figure.info["Caption"] == body["caption"]
+        assert figure.info["Panels"] == str(len(body["words"]) + 2)  # photo, words, <end>
+    gif = client.post("/api/attention", files={"image": ("a.jpg", jpeg, "image/jpeg")},
+                      data={"format": "GIF", "beam_size": "2"})
+    assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
+    with Image.open(io.BytesIO(gif.content)) as frames:
+        assert frames.is_animated and frames.n_frames >= 3
+    bad = client.post("/api/attention", files={"image": ("a.jpg", jpeg, "image/jpeg")},
+                      data={"format": "bmp"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"] == "format must be one of png, gif, got 'bmp'"
+
+
+def test_examples(client, tiny_model_dir, tmp_path) -> None:
+    listed = client.get("/api/examples").json()["examples"]
+    assert [e["name"] for e in listed] == [f"scene-{i}.jpg" for i in range(1, 5)]  # synthetic
+    photo = client.get(listed[0]["url"])
+    assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(photo.content)) as image:
+        assert image.size == (224, 224)
+    assert _post(client, photo.content, "scene-1.jpg").status_code == 200
+    assert client.get("/api/examples/nope.jpg").status_code == 404
+    assert client.get("/api/examples/..%2Fconfig.json").status_code == 404
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(_png())
+    (folder / "a.jpg").write_bytes(_noise_jpeg())
+    (folder / "notes.txt").write_text("not an example")
+    with TestClient(create_app(_NoModel(), tiny_model_dir, examples_dir=folder)) as own:
+        names = [e["name"] for e in own.get("/api/examples").json()["examples"]]
+        assert names == ["a.jpg", "b.png"]
+        assert own.get("/api/examples/b.png").headers["content-type"] == "image/png"
+    other = tmp_path / "flickr-model"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["data"]["dataset"] = "flickr8k"
+    (other / "config.json").write_text(json.dumps(config))
+    with TestClient(create_app(_NoModel(), other)) as none:
+        assert none.get("/api/examples").json() == {"examples": []}
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
@@ -382,6 +624,7 @@ def test_cli_loads_the_model_and_serves_it(tiny_model_dir, monkeypatch, capsys) 
                 "max_upload_bytes": 524288,
                 "max_upload": "512 KB",
                 "max_beam_size": 4,
+                "max_candidates": 5,
             }
             assert "got '5'" in _post(cli_client, _png(), beam_size="5").json()["detail"]
     finally:

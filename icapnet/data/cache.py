@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from icapnet.config import DataConfig
-from icapnet.data.datasets import SPLITS
+from icapnet.data.splits import SPLITS
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.layout import (
@@ -189,6 +189,7 @@ def describe_cache(cache: FeatureCache, data_cfg: DataConfig, seconds: float | N
         f"feature cache: {cache.root}",
         f"  backbone  {info['backbone']}/{info['layer']} (weights {info['weights']}), "
         f"{info['image_size']} px -> {regions} regions x {channels} float16",
+        *_split_line(cache.manifest.get("split")),
         *(f"  {split:<5}     {n['images']} images, {n['captions']} captions"
           for split, n in info["splits"].items()),
         f"  vocabulary {info['vocab_size']} words (min count {data_cfg.min_count}, "
@@ -201,6 +202,18 @@ def describe_cache(cache: FeatureCache, data_cfg: DataConfig, seconds: float | N
     took = f"; took {seconds:.1f} s" if seconds is not None else ""
     lines.append(f"  on disk   {info['bytes'] / 1e6:.1f} MB{took}")
     return "\n".join(lines)
+
+
+def _split_line(split_info: dict[str, Any] | None) -> list[str]:
+    """Where the train/val/test lists came from, and what they lost (datasets.split_info)."""
+    if not split_info:
+        return []
+    lost = sum(split_info.get("missing", {}).values())
+    return [f"  split     {split_info['source']}"
+            + (f"; {lost} listed image(s) missing" if lost else "")
+            + (f"; {split_info['unlisted']} in no list, left out"
+               if split_info.get("unlisted") else "")
+            + (f"; first {split_info['limit']} per split" if split_info.get("limit") else "")]
 
 
 __all__ = ["CACHE_DTYPE", "FeatureCache", "cache_summary", "describe_cache", "open_cache",

@@ -41,8 +41,8 @@ from icapnet.data.cache import (
     open_cache,
     serialize_record,
 )
-from icapnet.data.datasets import SPLITS
 from icapnet.data.images import load_image_bytes
+from icapnet.data.splits import SPLITS
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path, atomic_write_text
@@ -124,6 +124,7 @@ def build_cache(
 
     manifest: dict[str, Any] = {
         "version": CACHE_VERSION, **settings, "dataset": dataset.name,
+        "split": dataset.split_info,  # where the train/val/test lists came from
         # where the images are, so fine-tuning can read them without being told
         "data_dir": str(Path(dataset.root).resolve()),
         "feature_shape": old.get("feature_shape") if old else None,
@@ -386,20 +387,24 @@ def limit_dataset(dataset: CaptionDataset, limit: int) -> CaptionDataset:
         images={i: p for i, p in dataset.images.items() if i in keep},
         captions={i: c for i, c in dataset.captions.items() if i in keep},
         splits=splits,
+        split_info=None if dataset.split_info is None else {**dataset.split_info,
+                                                            "limit": limit},
         boxes=None if dataset.boxes is None else {
             i: b for i, b in dataset.boxes.items() if i in keep},
     )
 
 
 def prepare_cache(data_cfg: DataConfig, feature_cfg: FeatureConfig, limit: int | None = None,
-                  seed: int | None = None, images_dir: str | None = None,
-                  json_file: str | None = None, **build_options: Any) -> FeatureCache:
+                  split: str | None = None, seed: int | None = None,
+                  images_dir: str | None = None, json_file: str | None = None,
+                  **build_options: Any) -> FeatureCache:
     """What ``python -m icapnet.prepare`` does: read ``data_cfg.dataset`` from
-    ``data_cfg.data_dir`` (the first ``limit`` images of each split), build or resume the
-    cache at ``data_cfg.cache_dir`` and open it. ``build_options`` go to :func:`build_cache`."""
+    ``data_cfg.data_dir`` (``split``/``seed``: which train/val/test lists; the first ``limit``
+    images of each split), build or resume the cache at ``data_cfg.cache_dir`` and open it.
+    ``build_options`` go to :func:`build_cache`."""
     from icapnet.data.datasets import load_dataset
 
-    dataset = load_dataset(data_cfg.dataset, data_cfg.data_dir, seed=seed,
+    dataset = load_dataset(data_cfg.dataset, data_cfg.data_dir, seed=seed, split=split,
                            images_dir=images_dir, json_file=json_file)
     if limit:
         dataset = limit_dataset(dataset, limit)

@@ -4,16 +4,21 @@ Supported (``load_dataset(name, data_dir, **options)``):
 
 - ``flickr8k``: the Kaggle layout (``Images/`` + ``captions.txt``, CSV ``image,caption``) or
   the original release (``Flicker8k_Dataset/`` + ``Flickr8k.token.txt`` with lines
-  ``name.jpg#N<TAB>caption``, and ``Flickr_8k.{train,dev,test}Images.txt`` for the official
-  6000/1000/1000 split; the text files may also sit in a ``Flickr8k_text/`` subfolder).
+  ``name.jpg#N<TAB>caption``; the text files may also sit in a ``Flickr8k_text/`` subfolder).
+  Every layout gets the official 6000/1000/1000 split (``icapnet.data.splits``: split files
+  beside the data, else the lists shipped with icapnet); ``split="random"`` asks for a
+  seeded 80/10/10 split by image instead.
 - ``karpathy``: ``dataset_flickr8k.json`` / ``dataset_coco.json`` (Karpathy's splits).
 - ``coco``: ``annotations/captions_train2017.json`` (train) and ``captions_val2017.json``
   (split in half, by image, into val and test), images in ``train2017/`` and ``val2017/``.
-- ``synthetic``: the Kaggle layout plus ``boxes.json`` (see ``icapnet.data.synthetic``).
+- ``synthetic``: the Kaggle layout plus ``boxes.json`` (see ``icapnet.data.synthetic``);
+  seeded 80/10/10 split by image.
 
-Without official split files, images are split 80/10/10 **by image** with a seeded shuffle,
-so no photo ever has captions in two splits. Listed images missing on disk are skipped (and
-counted in the log); a dataset with no usable image is an error, as is a malformed line.
+Listed images missing on disk are skipped and counted in one log line (with the split's
+source); a dataset with no usable image is an error, as is a malformed line.
+
+(Over 400 lines because the four readers share one finishing step and one set of checks;
+each reader is a short section.)
 """
 
 from __future__ import annotations
@@ -22,28 +27,34 @@ import csv
 import json
 import logging
 import random
-from collections.abc import Iterable
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from icapnet.data.splits import (
+    SPLITS,
+    assign_splits,
+    flickr8k_split,
+    report_split,
+    split_by_image,
+)
 from icapnet.data.text import normalize_caption
 from icapnet.errors import IcapnetError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 DATASETS = ("flickr8k", "karpathy", "coco", "synthetic")
 
 _KAGGLE_CAPTIONS = "captions.txt"
 _KAGGLE_IMAGES = "Images"
 _ORIGINAL_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset")
 _TOKEN_FILE = "Flickr8k.token.txt"
-_SPLIT_FILES = {
-    "train": "Flickr_8k.trainImages.txt",
-    "val": "Flickr_8k.devImages.txt",
-    "test": "Flickr_8k.testImages.txt",
-}
+# The token file names 2258277193_586949ec62.jpg as "2258277193_586949ec62.jpg.1#0..4" (a typo
+# for "...jpg#0..4"); no release ships that photo and no split list names it, so once the name
+# is repaired it is dropped without a warning (it is not a missing image of the user's).
+_NUMBERED_JPG = re.compile(r"^(.+\.jpe?g)\.\d+$", re.IGNORECASE)
+_PUBLISHED_WITHOUT_PHOTO = frozenset({"2258277193_586949ec62.jpg"})
 _TEXT_SUBDIRS = ("", "Flickr8k_text")
 _KARPATHY_FILES = ("dataset_flickr8k.json", "dataset_coco.json")
 _KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -59,6 +70,7 @@ class CaptionDataset:
     captions: dict[str, list[str]]  # image_id -> raw captions
     splits: dict[str, list[str]]  # "train" / "val" / "test" -> image ids (sorted, disjoint)
     boxes: dict[str, list[dict]] | None = None  # synthetic only: boxes in pixels
+    split_info: dict[str, Any] | None = None  # SplitRecord.to_dict(): source, sizes, missing
 
     @property
     def num_captions(self) -> int:
@@ -75,10 +87,11 @@ class CaptionDataset:
 def load_dataset(name: str, data_dir: str | Path, **options: Any) -> CaptionDataset:
     """Read dataset ``name`` from ``data_dir``.
 
-    Options: ``seed`` (int, default 0) for the 80/10/10 fallback split (and COCO's val/test
-    halves); ``images_dir`` (karpathy/coco: where the image files are); ``json_file``
-    (karpathy: which JSON to use when the folder holds several). Options set to None are
-    ignored, so CLIs can pass their flags through unconditionally.
+    Options: ``split`` (flickr8k: "official", the default, or "random"; synthetic: "random");
+    ``seed`` (int, default 0) for a random split and COCO's val/test halves (flickr8k refuses
+    it with the official split, which is fixed); ``images_dir`` (karpathy/coco: where the
+    image files are); ``json_file`` (karpathy: which JSON to use when the folder holds
+    several). Options set to None are ignored, so CLIs can pass their flags through.
     """
     data_dir = Path(data_dir).expanduser()
     readers = {
@@ -101,20 +114,6 @@ def load_dataset(name: str, data_dir: str | Path, **options: Any) -> CaptionData
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def split_by_image(image_ids: Iterable[str], seed: int = 0) -> dict[str, list[str]]:
-    """Deterministic 80/10/10 split of images (never of captions), each list sorted.
-
-    With 3+ images val and test get at least one image each, so tiny datasets still evaluate.
-    """
-    ids = sorted(set(image_ids))
-    random.Random(seed).shuffle(ids)
-    n = len(ids)
-    n_val = max(1, round(0.1 * n)) if n >= 3 else 0
-    n_test = max(1, round(0.1 * n)) if n >= 3 else 0
-    val, test, train = ids[:n_val], ids[n_val : n_val + n_test], ids[n_val + n_test :]
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
 def _safe_id(raw: str, path: Path, lineno: int | str) -> str:
@@ -149,33 +148,34 @@ def _finish(
     images_dir: Path,
     listed: dict[str, list[str]],
     splits: dict[str, list[str]] | None,
-    seed: int,
     source: Path,
+    split_source: str,
+    seed: int = 0,
 ) -> CaptionDataset:
-    """Drop missing images and empty captions, split, and check something is left."""
+    """Drop missing images and empty captions, split, log the split once, check what is left.
+
+    ``splits`` None means a seeded random split (``split_source`` "random"); otherwise
+    images with captions that no list names are left out (and counted in the split line).
+    """
     images: dict[str, Path] = {}
     captions: dict[str, list[str]] = {}
-    missing = no_caption = empty = 0
+    no_file = no_caption = empty = 0
     for image_id in sorted(listed):
         kept = [c.strip() for c in listed[image_id] if normalize_caption(c)]
         empty += len(listed[image_id]) - len(kept)
         path = images_dir / image_id
         if not path.is_file():
-            missing += 1
+            if image_id in _PUBLISHED_WITHOUT_PHOTO:
+                log.debug("%s: %s has captions but was never published with a photo; skipped",
+                          source, image_id)
+            else:
+                no_file += 1
             continue
         if not kept:
             no_caption += 1
             continue
         images[image_id] = path
         captions[image_id] = kept
-    if missing:
-        log.warning(
-            "%s: %d of %d listed images are missing under %s; skipped",
-            source,
-            missing,
-            len(listed),
-            images_dir,
-        )
     if empty:
         log.warning("%s: dropped %d empty caption(s)", source, empty)
     if no_caption:
@@ -184,18 +184,19 @@ def _finish(
         raise IcapnetError(
             f"{images_dir}: no usable images ({len(listed)} listed in {source}, none found)"
         )
-    if splits is None:
-        splits = split_by_image(images, seed)
-    else:
-        unsplit = set(images) - {i for ids in splits.values() for i in ids}
-        if unsplit:
-            log.info("%s: %d image(s) are in no split file; left out", source, len(unsplit))
-            for image_id in unsplit:
-                del images[image_id], captions[image_id]
-        splits = {s: sorted(i for i in set(splits.get(s, [])) if i in images) for s in SPLITS}
-        if not any(splits.values()):
-            raise IcapnetError(f"{source}: no usable image is in any split")
-    ds = CaptionDataset(name=name, root=root, images=images, captions=captions, splits=splits)
+    splits, record = assign_splits(images, splits, split_source, seed, missing_unsplit=no_file)
+    kept_ids = {i for ids in splits.values() for i in ids}
+    if not kept_ids:
+        hint = "; for other data in this layout use --split random" if name == "flickr8k" else ""
+        raise IcapnetError(
+            f"{source}: none of the {len(images)} images with captions is in the "
+            f"{record.source} split{hint}"
+        )
+    images = {i: p for i, p in images.items() if i in kept_ids}
+    captions = {i: c for i, c in captions.items() if i in kept_ids}
+    report_split(record, images_dir, name)
+    ds = CaptionDataset(name=name, root=root, images=images, captions=captions, splits=splits,
+                        split_info=record.to_dict())
     log.info("%s", ds.summary())
     return ds
 
@@ -238,84 +239,63 @@ def _parse_token_file(path: Path) -> dict[str, list[str]]:
             raise IcapnetError(
                 f"{path}:{lineno}: malformed line (expected 'name.jpg#N<TAB>caption')"
             )
-        listed.setdefault(_safe_id(name, path, lineno), []).append(caption.strip())
+        image_id = _safe_id(name, path, lineno)
+        numbered = _NUMBERED_JPG.match(image_id)
+        if numbered:  # "x.jpg.1#0": a typo in the published file for "x.jpg#0"
+            image_id = numbered.group(1)
+        listed.setdefault(image_id, []).append(caption.strip())
     return listed
 
 
-def _parse_split_files(text_dir: Path) -> dict[str, list[str]] | None:
-    """Official Flickr8k split lists, or None when they are not all there."""
-    paths = {s: text_dir / f for s, f in _SPLIT_FILES.items()}
-    if not all(p.is_file() for p in paths.values()):
-        present = [p.name for p in paths.values() if p.is_file()]
-        if present:
-            log.warning(
-                "%s: only %s of the split files found; using an 80/10/10 split",
-                text_dir,
-                ", ".join(present),
-            )
-        return None
-    splits: dict[str, list[str]] = {}
-    seen: dict[str, str] = {}
-    for split, path in paths.items():
-        ids = []
-        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            image_id = _safe_id(line, path, lineno)
-            if image_id in seen:
-                raise IcapnetError(
-                    f"{path}:{lineno}: {image_id} is also in the {seen[image_id]} split"
-                )
-            seen[image_id] = split
-            ids.append(image_id)
-        splits[split] = ids
-    return splits
+def _load_flickr8k(
+    data_dir: Path, seed: int | None = None, split: str = "official"
+) -> CaptionDataset:
+    if split == "official" and seed is not None:
+        raise IcapnetError(
+            f"--seed {seed}: the official Flickr8k split is fixed; add --split random "
+            "(split='random') for a seeded 80/10/10 split"
+        )
+    return _read_flickr8k(data_dir, "flickr8k", split, seed or 0)
 
 
-def _load_flickr8k(data_dir: Path, seed: int = 0) -> CaptionDataset:
-    return _read_flickr8k(data_dir, seed, "flickr8k")
-
-
-def _read_flickr8k(data_dir: Path, seed: int, name: str) -> CaptionDataset:
+def _read_flickr8k(data_dir: Path, name: str, split: str, seed: int) -> CaptionDataset:
     kaggle_csv = data_dir / _KAGGLE_CAPTIONS
     has_original = any((data_dir / d).is_dir() for d in _ORIGINAL_IMAGE_DIRS)
+    text_dirs = [data_dir / d for d in _TEXT_SUBDIRS]
     if kaggle_csv.is_file() and ((data_dir / _KAGGLE_IMAGES).is_dir() or not has_original):
+        source, images_dir = kaggle_csv, data_dir / _KAGGLE_IMAGES
         listed = _parse_kaggle_captions(kaggle_csv)
-        images_dir = data_dir / _KAGGLE_IMAGES
-        # Kaggle ships no split files; use the official ones if the user has them beside it.
-        splits = next(
-            (
-                _parse_split_files(data_dir / d)
-                for d in _TEXT_SUBDIRS
-                if (data_dir / d / _SPLIT_FILES["train"]).is_file()
-            ),
-            None,
+    else:
+        images_dir = next(
+            (data_dir / d for d in _ORIGINAL_IMAGE_DIRS if (data_dir / d).is_dir()), None
         )
-        return _finish(name, data_dir, images_dir, listed, splits, seed, kaggle_csv)
-    images_dir = next((data_dir / d for d in _ORIGINAL_IMAGE_DIRS if (data_dir / d).is_dir()), None)
-    text_dir = next(
-        (data_dir / d for d in _TEXT_SUBDIRS if (data_dir / d / _TOKEN_FILE).is_file()), None
-    )
-    if images_dir is None or text_dir is None:
-        raise IcapnetError(
-            f"{data_dir}: not a Flickr8k folder (expected Images/ + captions.txt, or "
-            f"Flicker8k_Dataset/ + Flickr8k.token.txt); run 'python -m icapnet.download'"
-        )
-    token_file = text_dir / _TOKEN_FILE
-    listed = _parse_token_file(token_file)
-    splits = _parse_split_files(text_dir)
-    return _finish(name, data_dir, images_dir, listed, splits, seed, token_file)
+        text_dir = next((d for d in text_dirs if (d / _TOKEN_FILE).is_file()), None)
+        if images_dir is None or text_dir is None:
+            raise IcapnetError(
+                f"{data_dir}: not a Flickr8k folder (expected Images/ + captions.txt, or "
+                f"Flicker8k_Dataset/ + Flickr8k.token.txt); run 'python -m icapnet.download'"
+            )
+        source = text_dir / _TOKEN_FILE
+        listed = _parse_token_file(source)
+    if name == "flickr8k":
+        splits, split_source = flickr8k_split(text_dirs, split)
+    else:  # synthetic scenes: no official split
+        splits, split_source = None, "random"
+    return _finish(name, data_dir, images_dir, listed, splits, source, split_source, seed)
 
 
-def _load_synthetic(data_dir: Path, seed: int = 0) -> CaptionDataset:
+def _load_synthetic(data_dir: Path, seed: int = 0, split: str = "random") -> CaptionDataset:
     from icapnet.data.synthetic import BOXES_FILE  # light import; keeps module order simple
+
+    if split != "random":
+        raise IcapnetError(f"--split {split}: synthetic scenes have only a random split")
 
     boxes_file = data_dir / BOXES_FILE
     if not boxes_file.is_file():
         raise IcapnetError(
             f"{boxes_file}: not found; generate scenes with icapnet.data.synthetic.generate_scenes"
         )
-    ds = _read_flickr8k(data_dir, seed, "synthetic")
+    ds = _read_flickr8k(data_dir, "synthetic", "random", seed)
     raw = _read_json(boxes_file)
     if not isinstance(raw, dict):
         raise IcapnetError(f"{boxes_file}: expected an object mapping image ids to boxes")
@@ -404,8 +384,8 @@ def _load_karpathy(
             raise IcapnetError(f"{path}: {where} needs 'sentences' with 'raw' text")
         listed.setdefault(image_id, []).extend(s["raw"] for s in sentences)
         splits[split].append(image_id)
-    name = "karpathy"
-    return _finish(name, root, img_dir, listed, _dedupe_splits(splits, path), 0, path)
+    return _finish("karpathy", root, img_dir, listed, _dedupe_splits(splits, path), path,
+                   f"karpathy JSON ({path.name})")
 
 
 def _dedupe_splits(splits: dict[str, list[str]], path: Path) -> dict[str, list[str]]:
@@ -480,7 +460,10 @@ def _load_coco(
         splits["val"], splits["test"] = sorted(available[:half]), sorted(available[half:])
     source = train_file or val_file
     assert source is not None
-    return _finish("coco", data_dir, img_dir, listed, splits, seed, source)
+    how = f"coco: {train_file.name if train_file else 'no train file'} -> train"
+    if val_file is not None:
+        how += f", {val_file.name} halved by image into val/test (seed {seed})"
+    return _finish("coco", data_dir, img_dir, listed, splits, source, how, seed)
 
 
 __all__ = ["DATASETS", "SPLITS", "CaptionDataset", "load_dataset", "split_by_image"]

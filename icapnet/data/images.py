@@ -4,6 +4,12 @@ Cameras and the web produce JPEG/PNG/GIF/BMP/WebP in many modes (grayscale, pale
 transparent, CMYK, 16-bit) with EXIF rotation flags. Training and captioning must see the
 same pixels, so both go through :func:`load_image` / :func:`load_image_bytes`. No TensorFlow
 here: the web server and dataset tools import it.
+
+``max_side`` decodes a large photo at reduced size for callers that never need more (the
+web server: the model sees 224 x 224, the figures at most 640 px). JPEGs are decoded
+directly at 1/2 .. 1/8 scale (DCT scaling, ``Image.draft``); other formats are decoded by
+Pillow and shrunk in Pillow's own memory (``Image.thumbnail``: an integer ``reduce`` then a
+filtered resize), so a full-size HxWx3 array is never made.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB with EXIF orientation applied.
 
     Raises IcapnetError("{path}: ...") for missing, empty, truncated or non-image files so a
-    caller can report the path and move on.
+    caller can report the path and move on. ``max_side``: see the module docstring.
     """
     path = Path(path)
     try:
@@ -37,11 +43,16 @@ def load_image(path: str | Path) -> np.ndarray:
         raise IcapnetError(f"{path}: is a directory, not an image") from None
     except OSError as err:
         raise IcapnetError(f"{path}: cannot read file ({err.strerror or err})") from None
-    return load_image_bytes(data, str(path))
+    return load_image_bytes(data, str(path), max_side)
 
 
-def load_image_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
-    """Decode image ``data`` (e.g. an upload); ``name`` is used in error messages."""
+def load_image_bytes(
+    data: bytes, name: str = "<upload>", max_side: int | None = None
+) -> np.ndarray:
+    """Decode image ``data`` (e.g. an upload); ``name`` is used in error messages.
+
+    With ``max_side`` the result's long side is at most ``max_side`` pixels (aspect kept).
+    """
     if not data:
         raise IcapnetError(f"{name}: empty file, not an image")
     try:
@@ -49,7 +60,11 @@ def load_image_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
             warnings.simplefilter("ignore")  # e.g. "Palette images with transparency" notes
             with Image.open(io.BytesIO(data)) as img:
                 img.seek(0)  # first frame of animated GIF/WebP
+                if max_side and max(img.size) > max_side:
+                    img.draft(None, (max_side, max_side))  # JPEG: decode at 1/2..1/8 scale
                 img.load()  # decode now so truncation surfaces here, not later
+                if max_side and max(img.size) > max_side:
+                    img = _shrink(img, max_side)
                 img = _orient(img)
                 rgb = to_rgb_array(img)
     except IcapnetError:
@@ -63,6 +78,27 @@ def load_image_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise IcapnetError(f"{name}: image has no pixels")
     return rgb
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """Scale a decoded image down to ``max_side`` in Pillow's memory, keeping EXIF for later.
+
+    Palette and bilevel images only resize with nearest-neighbour, so they are first cut to
+    about twice the target that way, converted, then filtered down like the others.
+    """
+    exif = img.info.get("exif")
+    if img.mode in ("P", "1"):
+        scale = min(1.0, 2 * max_side / max(img.size))
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        coarse = img.resize(size, Image.Resampling.NEAREST)
+        transparent = coarse.mode == "P" and "transparency" in coarse.info
+        img = coarse.convert("RGBA" if transparent else "RGB" if coarse.mode == "P" else "L")
+    elif img.mode in _SIXTEEN_BIT_MODES and img.mode != "I":
+        img = img.convert("I")  # resize filters work on 32-bit integers, not on I;16
+    img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    if exif is not None:
+        img.info["exif"] = exif
+    return img
 
 
 def _orient(img: Image.Image) -> Image.Image:

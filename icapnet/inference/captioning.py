@@ -20,6 +20,7 @@ from icapnet.data.images import is_image_file, load_image
 from icapnet.errors import IcapnetError
 
 _GLOB_CHARS = set("*?[")
+ATTENTION_FORMATS = ("png", "gif")
 # The last Predictor loaded in this process, reused when the same, unchanged model is asked
 # for again (the caption CLI run several times in one process): loading the backbone and
 # tracing the decoder costs seconds.
@@ -73,10 +74,11 @@ def caption_files(
     max_length: int | None = None,
     batch_size: int = 16,
     attention_dir: Path | None = None,
+    attention_format: str = "png",
 ) -> Iterator[dict[str, Any] | IcapnetError]:
     """For each path, in order: ``{"path", "caption", "score", "words"}`` (plus
-    ``"attention_npz"`` / ``"attention_png"`` with ``attention_dir``) or the IcapnetError
-    that says why the file could not be read."""
+    ``"attention_npz"`` / ``"attention_png"`` (or ``_gif``) with ``attention_dir``) or the
+    IcapnetError that says why the file could not be read."""
     used_stems: set[str] = set()
     for start in range(0, len(paths), batch_size):
         loaded: list[tuple[Path, np.ndarray]] = []
@@ -98,24 +100,29 @@ def caption_files(
             record = {"path": str(path), "caption": result.caption,
                       "score": float(result.score), "words": list(result.words)}
             if attention_dir is not None:
-                record.update(write_attention(attention_dir, path, image, result, used_stems))
+                record.update(write_attention(attention_dir, path, image, result, used_stems,
+                                              attention_format))
             yield record
 
 
 def write_attention(out_dir: Path, path: Path, image: np.ndarray, result: Any,
-                    used_stems: set[str]) -> dict[str, str]:
-    """PNG grid + raw .npz for one image (unique names in ``out_dir``); returns their paths."""
-    from icapnet.visualize import attention_grid, save_attention_npz
+                    used_stems: set[str], fmt: str = "png") -> dict[str, str]:
+    """Attention figure (PNG grid or GIF, :mod:`icapnet.plots`) + raw .npz for one image,
+    under names unique in ``out_dir``; returns their paths for the record."""
+    from icapnet.plots import attention_gif, attention_grid, save_attention_npz
 
+    draw = {"png": attention_grid, "gif": attention_gif}[fmt]
     stem = _unique_stem(path, used_stems)
     words = list(result.words)
     npz = save_attention_npz(out_dir / f"{stem}.npz", words, result.attention, result.caption,
                              image_path=path, image_size=image.shape[:2],
-                             score=float(result.score))
+                             score=float(result.score), end_attention=result.end_attention)
     out = {"attention_npz": str(npz)}
     if words:
-        out["attention_png"] = str(attention_grid(image, words, result.attention,
-                                                  out_dir / f"{stem}.png"))
+        figure = out_dir / f"{stem}.{fmt}"
+        draw(image, words, result.attention, figure, caption=result.caption,
+             end_attention=result.end_attention)
+        out[f"attention_{fmt}"] = str(figure)
     else:
         print(f"note: {path}: empty caption, no attention grid drawn", file=sys.stderr)
     return out
@@ -130,4 +137,5 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-__all__ = ["caption_files", "expand_inputs", "load_predictor", "write_attention"]
+__all__ = ["ATTENTION_FORMATS", "caption_files", "expand_inputs", "load_predictor",
+           "write_attention"]

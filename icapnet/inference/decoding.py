@@ -16,6 +16,10 @@ Conventions:
   gives exactly the greedy caption and score.
 - Beam size and max length may be Python ints or scalar int32 tensors (the export feeds
   them as signature inputs): all shapes inside are dynamic, nothing is retraced.
+
+The module is a little over 400 lines because greedy search, beam search and the top-k
+candidates share the emit mask, the length penalty and the per-model compiled functions;
+apart they would each need those and the export would import three modules.
 """
 
 from __future__ import annotations
@@ -124,6 +128,28 @@ def greedy_graph(model: Any, features: tf.Tensor, max_length: tf.Tensor) -> Deco
     return DecodeResult(tokens, scores, attention, lengths)
 
 
+class BeamCandidates(NamedTuple):
+    """The ``n`` best finished hypotheses per image, best first (tensors; ``.to_numpy()``).
+
+    tokens:    [B, n, T] int32 word ids, ``<end>`` included, 0-padded.
+    scores:    [B, n] float32 length-penalised log-probabilities; -inf marks an empty slot
+               (fewer than ``n`` hypotheses finished before the search stopped).
+    attention: [B, n, T, R] float32 attention of each emitted token.
+    lengths:   [B, n] int32 tokens including ``<end>`` (0 for empty slots).
+
+    Candidate 0 is exactly :func:`beam_graph`'s result, including its fallback to the best
+    unfinished hypothesis when none ended within ``max_length``.
+    """
+
+    tokens: Any
+    scores: Any
+    attention: Any
+    lengths: Any
+
+    def to_numpy(self) -> BeamCandidates:
+        return BeamCandidates(*(np.asarray(x) for x in self))
+
+
 def beam_graph(
     model: Any,
     features: tf.Tensor,
@@ -131,18 +157,39 @@ def beam_graph(
     max_length: tf.Tensor,
     length_penalty: tf.Tensor,
 ) -> DecodeResult:
-    """Graph body of :func:`beam_search` (call inside a tf.function).
+    """Graph body of :func:`beam_search` (call inside a tf.function): the best hypothesis."""
+    best = beam_candidates_graph(model, features, beam_size, max_length, length_penalty, 1)
+    width = tf.reduce_max(best.lengths[:, 0])
+    return DecodeResult(
+        best.tokens[:, 0, :width], best.scores[:, 0], best.attention[:, 0, :width],
+        best.lengths[:, 0],
+    )
+
+
+def beam_candidates_graph(
+    model: Any,
+    features: tf.Tensor,
+    beam_size: tf.Tensor,
+    max_length: tf.Tensor,
+    length_penalty: tf.Tensor,
+    num_candidates: tf.Tensor,
+) -> BeamCandidates:
+    """Beam search keeping the ``num_candidates`` best finished hypotheses (at most the beam).
 
     Layout: ``k`` live hypotheses per image, flattened to ``[B*k]`` for ``decode_step``.
     Each step, the ``<end>`` extensions among the top ``k`` of all ``k * V`` extensions are
-    finished candidates (the best one per image is kept if it beats the best finished so
-    far), and the top ``k`` non-``<end>`` extensions become the new live set, so the beam
-    stays full while finished hypotheses are tracked separately. Per step we store the chosen
-    words, their parent slots and the attention of every parent, then walk the backpointers
-    from the chosen hypothesis so its attention rows belong to its own words.
+    finished candidates; they are merged into a pool of the ``k`` best finished hypotheses
+    so far, and the top ``k`` non-``<end>`` extensions become the new live set, so the beam
+    stays full while finished hypotheses are tracked separately. An image is done when its
+    ``n``-th best finished hypothesis already beats anything a live one could still reach
+    (with ``n = 1`` this is the classic stopping rule, so the best hypothesis does not depend
+    on ``n``). Per step we store the chosen words, their parent slots and the attention of
+    every parent, then walk the backpointers from each kept hypothesis so its attention rows
+    belong to its own words.
     """
     features = tf.convert_to_tensor(features)
     k = tf.maximum(tf.cast(beam_size, tf.int32), 1)
+    n = tf.clip_by_value(tf.cast(num_candidates, tf.int32), 1, k)
     max_length = tf.maximum(tf.cast(max_length, tf.int32), 1)
     alpha = tf.cast(length_penalty, tf.float32)
     batch = tf.shape(features)[0]
@@ -173,13 +220,18 @@ def beam_graph(
         top_all, top_all_idx = tf.math.top_k(tf.reshape(cand, [batch, k * vocab]), k=k)
         is_end = tf.equal(top_all_idx % vocab, END_ID)
         end_norm = tf.where(is_end, top_all / _length_penalty(t + 1, alpha), neg_inf)
-        end_pick = tf.argmax(end_norm, axis=1, output_type=tf.int32)
-        end_best = tf.reduce_max(end_norm, axis=1)
-        better = tf.logical_and(end_best > fin_score, tf.logical_not(done))
-        fin_score = tf.where(better, end_best, fin_score)
-        fin_step = tf.where(better, t, fin_step)
-        end_parent = tf.gather(top_all_idx, end_pick, batch_dims=1) // vocab
-        fin_parent = tf.where(better, end_parent, fin_parent)
+        # Merge into the pool of the k best finished ones (ties keep the older hypothesis).
+        pool_score, pick = tf.math.top_k(tf.concat([fin_score, end_norm], axis=1), k=k)
+        pool_step = tf.gather(
+            tf.concat([fin_step, tf.fill([batch, k], t)], axis=1), pick, batch_dims=1
+        )
+        pool_parent = tf.gather(
+            tf.concat([fin_parent, top_all_idx // vocab], axis=1), pick, batch_dims=1
+        )
+        keep = done[:, None]
+        fin_score = tf.where(keep, fin_score, pool_score)
+        fin_step = tf.where(keep, fin_step, pool_step)
+        fin_parent = tf.where(keep, fin_parent, pool_parent)
         # Live candidates: the best k extensions by any word but <end>.
         no_end = tf.where(tf.range(vocab) == END_ID, neg_inf, 0.0)
         flat = tf.reshape(cand + no_end, [batch, k * vocab])
@@ -190,9 +242,9 @@ def beam_graph(
         w_ta = w_ta.write(t, word)
         p_ta = p_ta.write(t, parent)
         a_ta = a_ta.write(t, tf.reshape(tf.cast(attn, tf.float32), [batch, k, regions]))
-        # No live hypothesis can beat the best finished one any more: sum log p only drops,
-        # and lp(n) <= lp(max_length) for alpha >= 0.
-        done = tf.logical_or(done, fin_score >= live_scores[:, 0] / best_max)
+        # No live hypothesis can beat the n-th best finished one any more: sum log p only
+        # drops, and lp(n) <= lp(max_length) for alpha >= 0.
+        done = tf.logical_or(done, fin_score[:, n - 1] >= live_scores[:, 0] / best_max)
         tokens = tf.reshape(word, [-1])
         fin = (fin_score, fin_step, fin_parent, done)
         return (t + 1, tokens, state, live_scores, *fin, w_ta, p_ta, a_ta)
@@ -202,9 +254,9 @@ def beam_graph(
         tf.fill([batch * k], START_ID),
         state,
         live_scores,
-        tf.fill([batch], neg_inf),
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch], tf.int32),
+        tf.fill([batch, k], neg_inf),
+        tf.zeros([batch, k], tf.int32),
+        tf.zeros([batch, k], tf.int32),
         tf.zeros([batch], tf.bool),
         tf.TensorArray(tf.int32, size=max_length, element_shape=[None, None]),
         tf.TensorArray(tf.int32, size=max_length, element_shape=[None, None]),
@@ -219,47 +271,54 @@ def beam_graph(
     parents = p_ta.gather(tf.range(steps))  # [S, B, k]
     attns = tf.reshape(a_ta.gather(tf.range(steps)), [steps, batch, k, regions])
 
-    # The chosen hypothesis: best finished, else the best partial one (live slot 0).
-    has_fin = fin_score > neg_inf
+    # The kept hypotheses: the n best finished; when none finished, candidate 0 is the best
+    # partial one (live slot 0) and the other slots stay empty.
+    fin_score, fin_step, fin_parent = fin_score[:, :n], fin_step[:, :n], fin_parent[:, :n]
+    has_fin = fin_score > neg_inf  # [B, n]
+    fallback = tf.logical_and(
+        tf.logical_not(has_fin[:, :1]), tf.range(n)[None, :] == 0
+    )  # [B, n]: slot 0 of images without any finished hypothesis
+    valid = tf.logical_or(has_fin, fallback)
     last_pos = tf.where(has_fin, fin_step, steps - 1)
-    last_word = tf.where(has_fin, END_ID, words[steps - 1][:, 0])
+    last_word = tf.where(has_fin, END_ID, words[steps - 1][:, :1])
     # For both kinds, the slot one step earlier is also the slot whose attention is used.
-    last_parent = tf.where(has_fin, fin_parent, parents[steps - 1][:, 0])
-    scores = tf.where(has_fin, fin_score, live_scores[:, 0] / _length_penalty(steps, alpha))
-    lengths = last_pos + 1
+    last_parent = tf.where(has_fin, fin_parent, parents[steps - 1][:, :1])
+    partial = live_scores[:, :1] / _length_penalty(steps, alpha)
+    scores = tf.where(has_fin, fin_score, tf.where(fallback, partial, neg_inf))
+    lengths = tf.where(valid, last_pos + 1, 0)
 
     def back_cond(u, *_):
         return u >= 0
 
     def back_body(u, slot, tok_ta, att_ta):
-        is_last = tf.equal(u, last_pos)
-        before = u < last_pos
+        is_last = tf.logical_and(tf.equal(u, last_pos), valid)
+        before = tf.logical_and(u < last_pos, valid)
         par = tf.gather(parents[u], slot, batch_dims=1)
         tok = tf.where(
             is_last, last_word, tf.where(before, tf.gather(words[u], slot, batch_dims=1), PAD_ID)
         )
         att_slot = tf.where(is_last, slot, par)
         att = tf.gather(attns[u], att_slot, batch_dims=1)
-        att = tf.where(tf.logical_or(is_last, before)[:, None], att, 0.0)
+        att = tf.where(tf.logical_or(is_last, before)[:, :, None], att, 0.0)
         slot = tf.where(before, par, slot)
         return u - 1, slot, tok_ta.write(u, tok), att_ta.write(u, att)
 
     back_vars = (
         steps - 1,
         last_parent,
-        tf.TensorArray(tf.int32, size=steps, element_shape=[None]),
-        tf.TensorArray(tf.float32, size=steps, element_shape=[None, None]),
+        tf.TensorArray(tf.int32, size=steps, element_shape=[None, None]),
+        tf.TensorArray(tf.float32, size=steps, element_shape=[None, None, None]),
     )
     back_shapes = tf.nest.map_structure(_invariant, back_vars)
     _, _, tok_ta, att_ta = tf.while_loop(
         back_cond, back_body, back_vars, shape_invariants=back_shapes
     )
     width = tf.reduce_max(lengths)
-    tokens = tf.transpose(tok_ta.stack())[:, :width]
+    tokens = tf.transpose(tok_ta.stack(), [1, 2, 0])[:, :, :width]  # [B, n, T]
     attention = tf.transpose(
-        tf.reshape(att_ta.stack(), [steps, batch, regions]), [1, 0, 2]
-    )[:, :width]
-    return DecodeResult(tokens, scores, attention, lengths)
+        tf.reshape(att_ta.stack(), [steps, batch, n, regions]), [1, 2, 0, 3]
+    )[:, :, :width]
+    return BeamCandidates(tokens, scores, attention, lengths)
 
 
 def _invariant(value: Any) -> Any:
@@ -279,6 +338,7 @@ def _compiled(model: Any) -> dict[str, Any]:
     if fns is None:
         spec_feat = tf.TensorSpec([None, None, None], tf.float32)
         spec_int = tf.TensorSpec([], tf.int32)
+        spec_float = tf.TensorSpec([], tf.float32)
         fns = {
             "greedy": tf.function(
                 lambda f, n: greedy_graph(model, f, n),
@@ -287,7 +347,12 @@ def _compiled(model: Any) -> dict[str, Any]:
             ),
             "beam": tf.function(
                 lambda f, k, n, a: beam_graph(model, f, k, n, a),
-                input_signature=[spec_feat, spec_int, spec_int, tf.TensorSpec([], tf.float32)],
+                input_signature=[spec_feat, spec_int, spec_int, spec_float],
+                reduce_retracing=True,
+            ),
+            "candidates": tf.function(
+                lambda f, k, n, a, c: beam_candidates_graph(model, f, k, n, a, c),
+                input_signature=[spec_feat, spec_int, spec_int, spec_float, spec_int],
                 reduce_retracing=True,
             ),
         }
@@ -322,6 +387,33 @@ def beam_search(
     )
 
 
+def beam_candidates(
+    model: Any,
+    features: Any,
+    beam_size: Any,
+    max_length: Any,
+    length_penalty: Any = 0.0,
+    num_candidates: Any = None,
+) -> BeamCandidates:
+    """The ``num_candidates`` (default: ``beam_size``) best captions per image, best first.
+
+    Candidate 0 equals :func:`beam_search`'s caption; asking for more only lets the search
+    run until the others are settled too (see :func:`beam_candidates_graph`).
+    """
+    _check_positive("beam_size", beam_size)
+    _check_positive("max_length", max_length)
+    count = beam_size if num_candidates is None else num_candidates
+    _check_positive("num_candidates", count)
+    feats = tf.convert_to_tensor(features, tf.float32)
+    return _compiled(model)["candidates"](
+        feats,
+        tf.cast(beam_size, tf.int32),
+        tf.cast(max_length, tf.int32),
+        tf.cast(length_penalty, tf.float32),
+        tf.cast(count, tf.int32),
+    )
+
+
 def decode(
     model: Any, features: Any, beam_size: int = 1, max_length: int = 40, length_penalty: float = 0.0
 ) -> DecodeResult:
@@ -332,7 +424,10 @@ def decode(
 
 
 __all__ = [
+    "BeamCandidates",
     "DecodeResult",
+    "beam_candidates",
+    "beam_candidates_graph",
     "beam_graph",
     "beam_search",
     "decode",

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,25 @@ import numpy as np
 from icapnet.config import RANDOM_BACKBONE, Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
-from icapnet.inference.decoding import DecodeResult, decode
+from icapnet.inference.decoding import (
+    END_ID,
+    BeamCandidates,
+    DecodeResult,
+    beam_candidates,
+    decode,
+)
+
+
+@dataclass
+class Candidate:
+    """One of the beam's finished hypotheses (the page lists them with their scores)."""
+
+    caption: str
+    words: list[str]
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.caption, "words": list(self.words), "score": float(self.score)}
 
 
 @dataclass
@@ -30,31 +48,57 @@ class CaptionResult:
     """One caption. ``attention[i]`` is the ``grid x grid`` map used for ``words[i]``.
 
     ``words`` excludes ``<end>``; ``score`` is the decoder's sum of log-probabilities
-    (length-penalised for beam search with a penalty).
+    (length-penalised for beam search with a penalty). ``end_attention`` is the map of the
+    step that wrote ``<end>`` (None when the caption was cut at ``max_length``): figures show
+    it as a last panel. ``candidates`` holds the beam's best captions, best first (this one
+    is ``candidates[0]``), when they were asked for.
     """
 
     caption: str
     words: list[str]
     score: float
     attention: np.ndarray  # [len(words), grid, grid] float32
+    end_attention: np.ndarray | None = None  # [grid, grid] float32
+    candidates: list[Candidate] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"caption": self.caption, "words": list(self.words), "score": float(self.score)}
 
 
+def _one_result(
+    tokens: np.ndarray, score: float, attention: np.ndarray, vocab: Vocabulary
+) -> CaptionResult:
+    """One decoded hypothesis (numpy rows) -> CaptionResult with its ``<end>`` map."""
+    words = vocab.tokens(tokens)
+    regions = attention.shape[-1]
+    grid = math.isqrt(regions)
+    shape = (grid, grid) if grid * grid == regions else (regions,)
+    maps = attention[: len(words)].astype(np.float32).reshape(len(words), *shape)
+    ended = len(words) < len(tokens) and int(tokens[len(words)]) == END_ID
+    end_map = attention[len(words)].astype(np.float32).reshape(shape) if ended else None
+    return CaptionResult(" ".join(words), words, float(score), maps, end_map)
+
+
 def results_from_decode(result: DecodeResult, vocab: Vocabulary) -> list[CaptionResult]:
     """Turn a batched :class:`DecodeResult` into per-image :class:`CaptionResult` objects."""
     res = result.to_numpy()
+    return [
+        _one_result(tokens, score, attention, vocab)
+        for tokens, score, attention in zip(res.tokens, res.scores, res.attention, strict=True)
+    ]
+
+
+def results_from_candidates(result: BeamCandidates, vocab: Vocabulary) -> list[CaptionResult]:
+    """Per image: the best candidate as a CaptionResult, all valid ones in ``.candidates``."""
+    res = result.to_numpy()
     out: list[CaptionResult] = []
-    regions = res.attention.shape[-1]
-    grid = math.isqrt(regions)
-    square = grid * grid == regions
-    for tokens, score, attention in zip(res.tokens, res.scores, res.attention, strict=True):
-        words = vocab.tokens(tokens)
-        maps = attention[: len(words)].astype(np.float32)
-        if square:
-            maps = maps.reshape(len(words), grid, grid)
-        out.append(CaptionResult(" ".join(words), words, float(score), maps))
+    for tokens, scores, attention in zip(res.tokens, res.scores, res.attention, strict=True):
+        best = _one_result(tokens[0], scores[0], attention[0], vocab)
+        for j, (row, score) in enumerate(zip(tokens, scores, strict=True)):
+            if j == 0 or np.isfinite(score):
+                words = vocab.tokens(row)
+                best.candidates.append(Candidate(" ".join(words), words, float(score)))
+        out.append(best)
     return out
 
 
@@ -129,17 +173,32 @@ class Predictor:
         beam_size: int = 1,
         max_length: int | None = None,
         length_penalty: float = 0.0,
+        num_candidates: int = 1,
     ) -> list[CaptionResult]:
-        """Captions for precomputed region features [B, R, C] (evaluation uses the cache)."""
+        """Captions for precomputed region features [B, R, C] (evaluation uses the cache).
+
+        ``num_candidates > 1`` with a beam also fills each result's ``candidates`` with the
+        beam's best finished captions (at most ``beam_size``); the caption itself is the same.
+        """
+        if int(num_candidates) > 1 and int(beam_size) > 1:
+            length = self._check(beam_size, max_length)
+            with self._lock:
+                found = beam_candidates(self.model, np.asarray(features, np.float32),
+                                        int(beam_size), length, length_penalty,
+                                        int(num_candidates)).to_numpy()
+            return results_from_candidates(found, self.vocab)
         result = self.decode_features(features, beam_size, max_length, length_penalty)
-        return results_from_decode(result, self.vocab)
+        results = results_from_decode(result, self.vocab)
+        for res in results:
+            res.candidates = [Candidate(res.caption, list(res.words), res.score)]
+        return results
 
     def extract(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone features [N, R, C] for HxWx3 images of any sizes, one forward per batch."""
         from icapnet.model.backbone import extract_features
 
         with self._lock:
-            return extract_features(self.extractor, images, self.batch_size)
+            return extract_features(self.extractor, images, self.batch_size, self.image_size)
 
     def caption_images(
         self,
@@ -147,6 +206,7 @@ class Predictor:
         beam_size: int = 1,
         max_length: int | None = None,
         length_penalty: float = 0.0,
+        num_candidates: int = 1,
     ) -> list[CaptionResult]:
         """Captions for HxWx3 uint8 RGB arrays (any sizes), in order."""
         if len(images) == 0:
@@ -159,7 +219,8 @@ class Predictor:
         out: list[CaptionResult] = []
         for start in range(0, len(images), self.batch_size):
             feats = self.extract(images[start:start + self.batch_size])
-            out += self.caption_features(feats, beam_size, max_length, length_penalty)
+            out += self.caption_features(feats, beam_size, max_length, length_penalty,
+                                         num_candidates)
         return out
 
     def caption_paths(
@@ -205,4 +266,10 @@ class Predictor:
         return self.caption_images([image], beam_size, max_length, length_penalty)[0]
 
 
-__all__ = ["CaptionResult", "Predictor", "results_from_decode"]
+__all__ = [
+    "Candidate",
+    "CaptionResult",
+    "Predictor",
+    "results_from_candidates",
+    "results_from_decode",
+]

@@ -276,16 +276,24 @@ def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def extract_features(
-    extractor: keras.Model, images: Sequence[np.ndarray], batch_size: int = 32
+    extractor: keras.Model, images: Sequence[np.ndarray], batch_size: int = 32,
+    image_size: int | None = None,
 ) -> np.ndarray:
-    """Features [N,R,C] float32 for images of mixed sizes (each resized, then batched)."""
-    size = extractor_image_size(extractor)
-    regions, channels = extractor_feature_shape(extractor)
-    out = np.zeros((len(images), regions, channels), np.float32)
-    for start in range(0, len(images), batch_size):
-        chunk = [prepare_image(np.asarray(im), size) for im in images[start:start + batch_size]]
-        out[start:start + len(chunk)] = extractor(np.stack(chunk), training=False).numpy()
-    return out
+    """Features [N,R,C] float32 for images of mixed sizes (each resized, then batched).
+
+    ``image_size`` (default: read from the extractor) is the square size it resizes to; the
+    extractor itself is only ever called, once per batch.
+    """
+    size = int(image_size or extractor_image_size(extractor))
+    chunks = [
+        np.asarray(extractor(np.stack([prepare_image(np.asarray(im), size)
+                                       for im in images[start:start + batch_size]]),
+                             training=False), np.float32)
+        for start in range(0, len(images), batch_size)
+    ]
+    if not chunks:
+        return np.zeros((0, *extractor_feature_shape(extractor)), np.float32)
+    return np.concatenate(chunks)
 
 
 __all__ = [

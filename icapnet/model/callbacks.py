@@ -111,7 +111,7 @@ def _warn_once(key: str, message: str, *args: Any) -> None:
 def plot_history(history: pd.DataFrame, path: Path) -> None:
     """Redraw loss.png; a plot must never stop training, so failures are logged once."""
     try:
-        from icapnet.visualize import plot_loss_curves
+        from icapnet.plots import plot_loss_curves
 
         plot_loss_curves(history, path)
     except Exception as err:

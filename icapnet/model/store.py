@@ -51,9 +51,17 @@ def find_default_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
 
 
 def resolve_model(model: str | None) -> Path:
-    """``--model`` checked up front (before TensorFlow loads), or the newest saved model."""
+    """``--model`` checked up front (before TensorFlow loads), or the newest saved model.
+
+    A packaged ``.zip`` or an http(s) URL of one becomes its unpacked folder in the model
+    cache (``icapnet.model.hub``).
+    """
     if model is None:
         return find_default_model()
+    if model.lower().startswith(("http://", "https://")) or model.lower().endswith(".zip"):
+        from icapnet.model.hub import fetch_model
+
+        return fetch_model(model)
     path = Path(model)
     if not path.exists():
         raise IcapnetError(f"{path}: model directory not found")

@@ -1,14 +1,19 @@
-"""What the page's info section says about the served model, read from files beside it.
+"""What the page says about the served model, read from the files next to its weights.
 
-A model directory records its own config (``config.json``), vocabulary (``vocab.json``),
-training history (``history.csv``) and, once evaluated, its test scores (``metrics.json``).
+``config.json`` (architecture, backbone, what it was trained on), ``vocab.json`` (its size),
+``history.csv`` (epochs and last losses) and, once evaluated, ``metrics.json`` (test scores).
 Reading them here (not from the live model) keeps the info honest about what was trained.
+
+The JSON goes to anyone who can reach the server, so it names files and folders, never
+their absolute paths (a path says who runs the server and where).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from pathlib import Path
+import re
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from icapnet.config import Config
@@ -17,6 +22,21 @@ from icapnet.errors import IcapnetError
 from icapnet.layout import VOCAB_FILE, read_history, read_metrics
 
 NOT_EVALUATED = "not evaluated yet"
+# The scores people compare captioners by, in the order papers print them: key in
+# metrics.json (first one present wins) -> label.
+SUMMARY_METRICS = (
+    (("BLEU-1", "coco_Bleu_1"), "BLEU-1"),
+    (("BLEU-2", "coco_Bleu_2"), "BLEU-2"),
+    (("BLEU-3", "coco_Bleu_3"), "BLEU-3"),
+    (("BLEU-4", "coco_Bleu_4"), "BLEU-4"),
+    (("METEOR",), "METEOR"),
+    (("ROUGE_L",), "ROUGE-L"),
+    (("CIDEr",), "CIDEr"),
+)
+# DataConfig fields that are not about the training data itself (vocabulary settings are
+# shown with the vocabulary; folders are shown by name).
+_NOT_PROVENANCE = {"data_dir", "cache_dir", "min_count", "max_vocab_size"}
+_BEAM_KEY = re.compile(r"beam(\d+)")
 
 
 def model_info(model_dir: str | Path) -> dict[str, Any]:
@@ -24,9 +44,9 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     config = Config.load(model_dir)
     metrics = read_metrics(model_dir)
+    vocab_size = _vocab_size(model_dir, config)
     return {
         "name": model_dir.resolve().name,
-        "path": str(model_dir),
         "model": {
             "decoder": config.model.decoder,
             "attention": config.model.attention,
@@ -38,44 +58,110 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
         "backbone": {
             "name": config.features.backbone,
             "layer": config.features.layer,
-            "weights": config.features.weights,
+            "weights": path_name(config.features.weights),
             "image_size": config.features.image_size,
             "num_regions": config.features.num_regions,
             "grid": _grid_side(config.features.num_regions),
         },
-        "data": {
-            "dataset": config.data.dataset or "unknown",
-            "data_dir": config.data.data_dir,
-            "cache_dir": config.data.cache_dir,
+        "training_data": training_data(config),
+        "vocabulary": {
+            "size": vocab_size,
             "min_count": config.data.min_count,
-            "max_vocab_size": config.data.max_vocab_size,
+            "max_size": config.data.max_vocab_size,
         },
-        "vocab_size": _vocab_size(model_dir, config),
+        "vocab_size": vocab_size,
         "training": _training_summary(model_dir),
-        "metrics": metrics,
-        "metrics_table": flatten_metrics(metrics) if metrics else [],
+        "metrics": without_paths(metrics) if metrics else None,
+        "metrics_summary": metrics_summary(metrics) if metrics else None,
         "metrics_status": "evaluated" if metrics else NOT_EVALUATED,
     }
 
 
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[list[Any]]:
-    """Numeric leaves as ``[dotted.name, value]`` rows, in file order, for a simple table."""
-    rows: list[list[Any]] = []
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.extend(flatten_metrics(value, f"{name}."))
-        elif isinstance(value, bool):
-            continue
-        elif _is_displayable(value):
-            rows.append([name, value])
-    return rows
+def training_data(config: Config) -> dict[str, Any]:
+    """What the model was trained on: the dataset, and every provenance field the config's
+    data section records (split, image counts, a synthetic flag... as they get added), plus
+    the backbone weights the features came from. Folders appear by name only."""
+    data = dataclasses.asdict(config.data)
+    out: dict[str, Any] = {"dataset": data.get("dataset") or "unknown"}
+    for key, value in data.items():
+        if key not in _NOT_PROVENANCE and key != "dataset" and value not in (None, "", [], {}):
+            out[key] = without_paths(value)
+    if data.get("data_dir"):
+        out["folder"] = path_name(data["data_dir"])
+    out.setdefault("backbone_weights", path_name(config.features.weights))
+    return out
 
 
-def _is_displayable(value: Any) -> bool:
-    if isinstance(value, (int, float)):
-        return math.isfinite(value)
-    return isinstance(value, str) and len(value) <= 80
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The compact table: BLEU-1..4, METEOR, ROUGE-L, CIDEr by decoding (greedy, beam k).
+
+    ``metrics.json`` is ``{split: {"beam{k}": {metric: value, "num_images": n, ...}}}``; the
+    test split is preferred, then validation, then whatever split was evaluated.
+    """
+    splits = {
+        name: {key: value for key, value in entry.items()
+               if _BEAM_KEY.fullmatch(str(key)) and isinstance(value, dict)}
+        for name, entry in metrics.items() if isinstance(entry, dict)
+    }
+    splits = {name: beams for name, beams in splits.items() if beams}
+    if not splits:
+        return None
+    split = next((s for s in ("test", "val") if s in splits), sorted(splits)[0])
+    beams = sorted(splits[split], key=lambda key: int(key[4:]))
+    columns = [{"key": key, "label": "greedy" if key == "beam1" else f"beam {key[4:]}"}
+               for key in beams]
+    rows = []
+    for keys, label in SUMMARY_METRICS:
+        values = [_first_number(splits[split][beam], keys) for beam in beams]
+        if any(value is not None for value in values):
+            rows.append({"metric": label, "values": values})
+    if not rows:
+        return None
+    counts = {splits[split][b].get("num_images") for b in beams} - {None}
+    return {
+        "split": split,
+        "columns": columns,
+        "rows": rows,
+        "num_images": counts.pop() if len(counts) == 1 else None,
+    }
+
+
+def _first_number(entry: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+            value
+        ):
+            return float(value)
+    return None
+
+
+def path_name(value: str) -> str:
+    """A file or folder's name instead of its path; other strings ("imagenet") unchanged."""
+    text = str(value)
+    if _looks_like_path(text):
+        return PureWindowsPath(text).name if "\\" in text else Path(text).name
+    return text
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every string that looks like a path replaced by its last part."""
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    if isinstance(value, str):
+        return path_name(value)
+    return value
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "/" in text
+        or "\\" in text
+        or text.startswith("~")
+        or bool(re.match(r"^[A-Za-z]:", text))
+    ) and "://" not in text
 
 
 def _vocab_size(model_dir: Path, config: Config) -> int:

@@ -115,3 +115,15 @@ def parse_int_field(fields: dict[str, str], name: str, default: int, low: int, h
         shown = raw if len(raw) <= 20 else raw[:20] + "..."
         raise UploadError(422, f"{name} must be a whole number from {low} to {high}, got '{shown}'")
     return int(raw)
+
+
+def parse_choice_field(fields: dict[str, str], name: str, default: str, choices: tuple) -> str:
+    """A text form field that must be one of ``choices`` (case-insensitive); else 422."""
+    raw = fields.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        shown = raw if len(raw) <= 20 else raw[:20] + "..."
+        raise UploadError(422, f"{name} must be one of {', '.join(choices)}, got '{shown}'")
+    return value

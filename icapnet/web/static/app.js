@@ -1,19 +1,53 @@
-// icapnet page: upload a photo, caption it via POST /api/caption, and draw each word's
-// attention map (g x g, smoothly upsampled) over the photo on a <canvas>. Plain JS, no build.
+// icapnet page: upload a photo (or pick an example), caption it via POST /api/caption, and
+// draw each word's attention map over the photo on a <canvas> (heatmap.js: the figure
+// download's encoding), with the word chips right under it. info.js fills "About this model".
+// downloads.js makes the downloads. Plain JS, no build step. This file is the page's
+// controller: one state object shared by the handlers below, kept together on purpose.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const els = {
-    dropzone: $("dropzone"), input: $("file-input"), stage: $("stage"), preview: $("preview"),
-    overlay: $("overlay"), stageCaption: $("stage-caption"), beam: $("beam-size"),
+    dropzone: $("dropzone"), input: $("file-input"), dropTitle: $("drop-title"),
+    dropHint: $("drop-hint"), stage: $("stage"), stageInner: $("stage-inner"),
+    preview: $("preview"), overlay: $("overlay"), noPreview: $("no-preview"),
+    stageCaption: $("stage-caption"), wordPanel: $("word-panel"), wordHint: $("word-hint"),
+    words: $("words"), showHeat: $("show-heat"), opacity: $("heat-opacity"),
+    examples: $("examples"), exampleList: $("example-list"), beam: $("beam-size"),
     beamValue: $("beam-value"), captionButton: $("caption-button"), clearButton: $("clear-button"),
-    status: $("status"), resultEmpty: $("result-empty"), result: $("result"),
-    captionText: $("caption-text"), score: $("score"), beamUsed: $("beam-used"),
-    elapsed: $("elapsed"), words: $("words"), thumbs: $("thumbs"), showHeat: $("show-heat"),
-    opacity: $("heat-opacity"), info: $("info-body"), maxUpload: $("max-upload"),
+    status: $("status"), resultEmpty: $("result-empty"), resultHint: $("result-hint"),
+    result: $("result"), captionText: $("caption-text"), note: $("synthetic-note"),
+    score: $("score"), beamUsed: $("beam-used"), elapsed: $("elapsed"),
+    candidatesBlock: $("candidates-block"), candidates: $("candidates"), thumbs: $("thumbs"),
+    info: $("info-body"), maxUpload: $("max-upload"),
+    downloadTxt: $("download-txt"), downloadPng: $("download-png"),
+    downloadGif: $("download-gif"), downloadJson: $("download-json"),
   };
-  const state = { file: null, url: null, result: null, selected: -1, pinned: -1, maxBytes: 10 * 1024 * 1024 };
+  const state = {
+    file: null, url: null, result: null, maps: [], labels: [], vmax: 1, selected: -1,
+    pinned: -1, maxBytes: 10 * 1024 * 1024, info: null, synthetic: false, previewOk: false,
+  };
+  const SYNTHETIC_NOTE = "This model was trained on synthetic shapes; it describes any photo as coloured shapes.";
+  const narrow = window.matchMedia("(max-width: 899px)");
+  const touch = window.matchMedia("(hover: none), (pointer: coarse)");
+  const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
+
+  // ---------- words that fit the device ----------
+  function applyWording() {
+    const empty = els.dropzone.dataset.state !== "loaded";
+    if (touch.matches) {
+      els.dropTitle.innerHTML = empty ? 'Tap to choose a photo or take one'
+        : 'Tap to choose <span class="link-like">another photo</span>';
+      els.wordHint.textContent = "Tap a word to see where the model looked:";
+      els.resultHint.textContent = "The caption appears here. Then tap its words under the photo to see where the model looked.";
+    } else {
+      els.dropTitle.innerHTML = empty ? 'Drop a photo here, or <span class="link-like">browse</span>'
+        : 'Drop another photo, or <span class="link-like">browse</span>';
+      els.wordHint.textContent = "Hover or click a word to see where the model looked:";
+      els.resultHint.textContent = "The caption appears here. Then hover or click its words under the photo to see where the model looked.";
+    }
+  }
+  if (touch.addEventListener) touch.addEventListener("change", applyWording);
 
   // ---------- status line ----------
   function setStatus(text, kind = "") {
@@ -22,50 +56,87 @@
   }
 
   // ---------- choosing a photo ----------
-  function chooseFile(file) {
-    if (!file) return;
+  function rejection(file) {
     if (file.type && !file.type.startsWith("image/")) {
-      setStatus(`${file.name}: not an image (${file.type}). Choose a JPEG, PNG, GIF, BMP, WebP or TIFF.`, "error");
-      return;
+      return `${file.name}: not an image (${file.type}). Choose a JPEG, PNG, GIF, BMP, WebP or TIFF.`;
+    }
+    if (!file.type && !/\.(jpe?g|png|gif|bmp|webp|tiff?)$/i.test(file.name)) {
+      return `${file.name}: not an image. Choose a JPEG, PNG, GIF, BMP, WebP or TIFF.`;
     }
     if (file.size > state.maxBytes) {
-      setStatus(`${file.name}: ${formatBytes(file.size)} is over the ${formatBytes(state.maxBytes)} upload limit.`, "error");
-      return;
+      return `${file.name}: ${formatBytes(file.size)} is over the ${formatBytes(state.maxBytes)} upload limit.`;
     }
-    if (file.size === 0) {
-      setStatus(`${file.name}: the file is empty.`, "error");
-      return;
+    if (file.size === 0) return `${file.name}: the file is empty.`;
+    return "";
+  }
+
+  function chooseFile(file) {
+    if (!file) return false;
+    const problem = rejection(file);
+    if (problem) {
+      // Nothing stays selected: Caption must never send an older photo than the one shown.
+      resetSelection();
+      setStatus(problem, "error");
+      return false;
     }
     if (state.url) URL.revokeObjectURL(state.url);
     state.file = file;
     state.url = URL.createObjectURL(file);
+    state.previewOk = false;
     clearResult();
+    els.stageInner.hidden = false;
+    els.noPreview.hidden = true;
     els.preview.src = state.url;
     els.preview.alt = `Selected photo: ${file.name}`;
     els.stage.hidden = false;
     els.dropzone.dataset.state = "loaded";
-    document.querySelector(".drop-title").innerHTML = 'Drop another photo, or <span class="link-like">browse</span>';
+    applyWording();
     els.stageCaption.textContent = `${file.name} · ${formatBytes(file.size)}`;
     els.captionButton.disabled = false;
     els.clearButton.disabled = false;
     setStatus("Ready: press Caption.");
+    return true;
+  }
+
+  function resetSelection() {
+    if (state.url) URL.revokeObjectURL(state.url);
+    Object.assign(state, { file: null, url: null, previewOk: false });
+    clearResult();
+    els.input.value = "";
+    els.preview.removeAttribute("src");
+    els.preview.removeAttribute("style");
+    els.stage.hidden = true;
+    els.dropzone.dataset.state = "empty";
+    applyWording();
+    els.captionButton.disabled = true;
+    els.clearButton.disabled = true;
+    setStatus("");
   }
 
   els.preview.addEventListener("error", () => {
-    if (!state.file) return;
-    // Browsers cannot show every format (e.g. TIFF); the server may still caption it.
-    els.stageCaption.textContent = `${state.file.name} · preview not available in this browser`;
+    if (!state.file || !els.preview.getAttribute("src")) return;
+    // A damaged file, or a format this browser cannot show (e.g. TIFF): no broken-image icon,
+    // a plain sentence instead. The server may still caption it, so Caption stays enabled.
+    state.previewOk = false;
+    els.stageInner.hidden = true;
+    els.noPreview.hidden = false;
+    els.noPreview.textContent = `No preview of ${state.file.name}: this browser cannot show it ` +
+      "(the file may be damaged, or in a format it cannot display). Caption will tell whether the server can read it.";
+    els.stageCaption.textContent = `${state.file.name} · ${formatBytes(state.file.size)}`;
   });
-  els.preview.addEventListener("load", () => fitPreview());
+  els.preview.addEventListener("load", () => {
+    state.previewOk = true;
+    fitPreview();
+  });
 
   // Show the photo as large as the card allows (small photos are scaled up to 3x), keeping
   // its aspect ratio exactly so the g x g heatmap lines up with the pixels it describes.
-  const MAX_PREVIEW_HEIGHT = 460;
   function fitPreview() {
     const img = els.preview;
     if (!img.naturalWidth || !img.naturalHeight || els.stage.hidden) return;
+    const maxHeight = narrow.matches ? Math.min(420, Math.round(window.innerHeight * 0.5)) : 460;
     const available = Math.max(120, els.stage.clientWidth - 24);
-    const scale = Math.min(available / img.naturalWidth, MAX_PREVIEW_HEIGHT / img.naturalHeight, 3);
+    const scale = Math.min(available / img.naturalWidth, maxHeight / img.naturalHeight, 3);
     img.style.width = `${Math.round(img.naturalWidth * scale)}px`;
     img.style.height = `${Math.round(img.naturalHeight * scale)}px`;
     redraw();
@@ -95,26 +166,54 @@
   els.beam.addEventListener("input", () => { els.beamValue.textContent = els.beam.value; });
 
   els.clearButton.addEventListener("click", () => {
-    if (state.url) URL.revokeObjectURL(state.url);
-    Object.assign(state, { file: null, url: null });
-    clearResult();
-    els.input.value = "";
-    els.preview.removeAttribute("src");
-    els.preview.removeAttribute("style");
-    els.stage.hidden = true;
-    els.dropzone.dataset.state = "empty";
-    document.querySelector(".drop-title").innerHTML = 'Drop a photo here, or <span class="link-like">browse</span>';
-    els.captionButton.disabled = true;
-    els.clearButton.disabled = true;
-    setStatus("");
+    resetSelection();
     els.input.focus();
   });
 
+  // ---------- examples ----------
+  async function loadExamples() {
+    try {
+      const response = await fetch("/api/examples");
+      if (!response.ok) return;
+      const { examples } = await response.json();
+      if (!examples.length) return;
+      for (const example of examples) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "example";
+        button.setAttribute("aria-label", `Caption the example photo ${example.name}`);
+        const img = document.createElement("img");
+        img.src = example.url;
+        img.alt = "";
+        button.appendChild(img);
+        button.addEventListener("click", () => useExample(example, button));
+        els.exampleList.appendChild(button);
+      }
+      els.examples.hidden = false;
+    } catch (_) { /* no examples: the strip stays hidden */ }
+  }
+
+  async function useExample(example, button) {
+    button.disabled = true;
+    try {
+      const response = await fetch(example.url);
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const blob = await response.blob();
+      const file = new File([blob], example.name, { type: blob.type || "image/jpeg" });
+      if (chooseFile(file)) await caption();
+    } catch (err) {
+      setStatus(`Could not load the example (${err.message}).`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---------- captioning ----------
-  els.captionButton.addEventListener("click", async () => {
+  async function caption() {
     if (!state.file) return;
+    const file = state.file;
     const form = new FormData();
-    form.append("image", state.file, state.file.name);
+    form.append("image", file, file.name);
     form.append("beam_size", els.beam.value);
     els.captionButton.disabled = true;
     els.captionButton.setAttribute("aria-busy", "true");
@@ -122,14 +221,12 @@
     setStatus("Captioning…");
     try {
       const response = await fetch("/api/caption", { method: "POST", body: form });
-      let body = null;
-      try { body = await response.json(); } catch (_) { body = null; }
-      if (!response.ok) {
-        const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : response.statusText;
-        throw new Error(`${detail} (HTTP ${response.status})`);
-      }
+      const body = await readJson(response);
+      if (!response.ok) throw new Error(errorText(response, body));
+      if (state.file !== file) return;  // another photo was chosen meanwhile
       showResult(body);
       setStatus(`Captioned in ${(body.elapsed_ms / 1000).toFixed(2)} s.`, "ok");
+      revealResult();
     } catch (err) {
       clearResult();
       const message = err instanceof TypeError ? "Could not reach the server. Is it still running?" : err.message;
@@ -139,34 +236,65 @@
       els.captionButton.removeAttribute("aria-busy");
       els.captionButton.textContent = "Caption";
     }
-  });
+  }
+  els.captionButton.addEventListener("click", caption);
+
+  async function readJson(response) {
+    try { return await response.json(); } catch (_) { return null; }
+  }
+
+  function errorText(response, body) {
+    const detail = body && body.detail
+      ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))
+      : response.statusText;
+    return `${detail} (HTTP ${response.status})`;
+  }
+
+  // On a phone the photo, its heatmap and the word chips sit above the fold only if we go
+  // there: scroll the photo to the top once a caption arrives.
+  function revealResult() {
+    const behavior = reducedMotion.matches ? "auto" : "smooth";
+    if (narrow.matches) {
+      els.stage.scrollIntoView({ block: "start", behavior });
+    } else {
+      document.getElementById("result-card").scrollIntoView({ block: "nearest", behavior });
+    }
+  }
 
   function clearResult() {
-    state.result = null;
-    state.selected = -1;
-    state.pinned = -1;
+    Object.assign(state, { result: null, maps: [], labels: [], selected: -1, pinned: -1 });
     els.result.hidden = true;
     els.resultEmpty.hidden = false;
+    els.wordPanel.hidden = true;
     els.words.replaceChildren();
     els.thumbs.replaceChildren();
+    els.candidates.tBodies[0].replaceChildren();
     clearOverlay();
   }
 
   function showResult(result) {
     state.result = result;
+    state.labels = result.words.slice();
+    state.maps = result.attention.slice();
+    if (result.end_attention) {
+      state.labels.push("<end>");
+      state.maps.push(result.end_attention);
+    }
+    state.vmax = window.IcapnetHeatmap.peak(state.maps);
+
     els.resultEmpty.hidden = true;
     els.result.hidden = false;
     els.captionText.textContent = result.caption || "(empty caption)";
+    els.note.hidden = !state.synthetic;
+    els.note.textContent = state.synthetic ? SYNTHETIC_NOTE : "";
     els.score.textContent = Number(result.score).toFixed(3);
     els.beamUsed.textContent = String(result.beam_size);
     els.elapsed.textContent = `${(result.elapsed_ms / 1000).toFixed(2)} s`;
+    showCandidates(result.candidates || []);
 
-    const labels = result.words.slice();
-    if (result.attention.length > labels.length) labels.push("<end>");
     els.words.replaceChildren();
     els.thumbs.replaceChildren();
-    labels.forEach((word, i) => {
-      if (i >= result.attention.length) return;
+    state.labels.forEach((word, i) => {
       const chip = document.createElement("button");
       chip.type = "button";
       chip.className = "word" + (i >= result.words.length ? " end" : "");
@@ -193,12 +321,32 @@
       const label = document.createElement("span");
       label.textContent = word;
       thumbButton.append(canvas, label);
-      thumbButton.addEventListener("click", () => select(i, true));
+      thumbButton.addEventListener("click", () => { select(i, true); revealResult(); });
       item.appendChild(thumbButton);
       els.thumbs.appendChild(item);
-      drawThumb(canvas, result.attention[i]);
+      drawThumb(canvas, state.maps[i]);
     });
-    select(0, true);
+    els.wordPanel.hidden = state.labels.length === 0;
+    select(state.labels.length ? 0 : -1, true);
+  }
+
+  function showCandidates(candidates) {
+    const body = els.candidates.tBodies[0];
+    body.replaceChildren();
+    candidates.forEach((candidate, i) => {
+      const tr = document.createElement("tr");
+      if (i === 0) tr.className = "chosen";
+      const rank = document.createElement("td");
+      rank.textContent = String(i + 1);
+      const text = document.createElement("td");
+      text.textContent = candidate.caption || "(empty)";
+      const score = document.createElement("td");
+      score.className = "num";
+      score.textContent = Number(candidate.score).toFixed(3);
+      tr.append(rank, text, score);
+      body.appendChild(tr);
+    });
+    els.candidatesBlock.hidden = candidates.length < 2;
   }
 
   function select(index, pin) {
@@ -210,58 +358,9 @@
     redraw();
   }
 
-  // ---------- heatmaps ----------
-  // A perceptual-ish "jet" ramp: transparent blue for ignored regions up to opaque red.
-  const RAMP = [
-    [0.0, [0, 0, 130]], [0.15, [32, 80, 255]], [0.35, [32, 208, 255]], [0.5, [64, 255, 128]],
-    [0.65, [255, 224, 48]], [0.82, [255, 80, 32]], [1.0, [176, 0, 0]],
-  ];
-  function colour(t) {
-    for (let k = 1; k < RAMP.length; k++) {
-      if (t <= RAMP[k][0]) {
-        const [t0, c0] = RAMP[k - 1];
-        const [t1, c1] = RAMP[k];
-        const f = (t - t0) / (t1 - t0 || 1);
-        return c0.map((v, j) => Math.round(v + f * (c1[j] - v)));
-      }
-    }
-    return RAMP[RAMP.length - 1][1];
-  }
-
-  // The g x g map as a tiny canvas, normalised to its own peak; drawImage upsamples it smoothly.
-  function heatTile(map) {
-    const rows = map.length;
-    const cols = map[0] ? map[0].length : 0;
-    const tile = document.createElement("canvas");
-    tile.width = cols;
-    tile.height = rows;
-    if (!rows || !cols) return tile;
-    let peak = 0;
-    for (const row of map) for (const v of row) peak = Math.max(peak, v);
-    const ctx = tile.getContext("2d");
-    const pixels = ctx.createImageData(cols, rows);
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const t = peak > 0 ? Math.max(0, map[r][c]) / peak : 0;
-        const [red, green, blue] = colour(t);
-        const o = 4 * (r * cols + c);
-        pixels.data[o] = red;
-        pixels.data[o + 1] = green;
-        pixels.data[o + 2] = blue;
-        pixels.data[o + 3] = Math.round(255 * (0.15 + 0.85 * Math.pow(t, 0.8)));
-      }
-    }
-    ctx.putImageData(pixels, 0, 0);
-    return tile;
-  }
-
+  // ---------- heatmaps (drawing: heatmap.js) ----------
   function drawHeat(ctx, map, width, height, alpha) {
-    ctx.save();
-    ctx.globalAlpha = alpha;
-    ctx.imageSmoothingEnabled = true;
-    ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(heatTile(map), 0, 0, width, height);
-    ctx.restore();
+    window.IcapnetHeatmap.draw(ctx, map, width, height, alpha, state.vmax);
   }
 
   function clearOverlay() {
@@ -271,7 +370,6 @@
 
   function redraw() {
     const img = els.preview;
-    const result = state.result;
     const ratio = window.devicePixelRatio || 1;
     const width = Math.max(1, Math.round(img.clientWidth * ratio));
     const height = Math.max(1, Math.round(img.clientHeight * ratio));
@@ -280,17 +378,17 @@
       els.overlay.height = height;
     }
     clearOverlay();
-    if (!result || state.selected < 0 || !els.showHeat.checked) return;
-    const map = result.attention[state.selected];
-    if (!map) return;
+    if (!state.result || state.selected < 0) return;
+    const map = state.maps[state.selected];
+    const word = state.labels[state.selected];
+    els.stageCaption.textContent = `Attention for “${word}” (${state.selected + 1} of ${state.labels.length})`;
+    if (!map || !els.showHeat.checked) return;
     drawHeat(els.overlay.getContext("2d"), map, width, height, Number(els.opacity.value));
-    const word = state.selected < result.words.length ? result.words[state.selected] : "<end>";
-    els.stageCaption.textContent = `Attention for “${word}” (word ${state.selected + 1} of ${result.attention.length})`;
   }
 
   function drawThumb(canvas, map) {
     const img = els.preview;
-    const natural = img.naturalWidth && img.naturalHeight;
+    const natural = state.previewOk && img.naturalWidth && img.naturalHeight;
     const width = 220;
     const height = natural ? Math.max(40, Math.round((width * img.naturalHeight) / img.naturalWidth)) : width;
     canvas.width = width;
@@ -298,10 +396,11 @@
     const ctx = canvas.getContext("2d");
     if (natural) {
       ctx.drawImage(img, 0, 0, width, height);
-      ctx.fillStyle = "rgba(0, 0, 0, 0.25)";
+    } else {
+      ctx.fillStyle = "#6b7280";
       ctx.fillRect(0, 0, width, height);
     }
-    drawHeat(ctx, map, width, height, 0.7);
+    drawHeat(ctx, map, width, height, 0.8);
   }
 
   els.showHeat.addEventListener("change", redraw);
@@ -317,6 +416,11 @@
     window.addEventListener("resize", fitPreview);
   }
 
+  // ---------- downloads (downloads.js) ----------
+  window.IcapnetDownloads.attach(
+    { txt: els.downloadTxt, json: els.downloadJson, png: els.downloadPng, gif: els.downloadGif },
+    { file: () => state.file, result: () => state.result, info: () => state.info, setStatus });
+
   // ---------- model info ----------
   function formatBytes(bytes) {
     if (bytes >= 1024 * 1024) return `${+(bytes / (1024 * 1024)).toPrecision(3)} MB`;
@@ -324,93 +428,30 @@
     return `${bytes} bytes`;
   }
 
-  function formatValue(value) {
-    if (typeof value === "number") {
-      if (Number.isInteger(value)) return value.toLocaleString("en");
-      return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(4);
-    }
-    if (value === null || value === undefined || value === "") return "—";
-    return String(value);
-  }
-
-  function table(rows) {
-    const tableEl = document.createElement("table");
-    tableEl.className = "kv";
-    const body = document.createElement("tbody");
-    for (const [key, value] of rows) {
-      const tr = document.createElement("tr");
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = key;
-      const td = document.createElement("td");
-      td.textContent = formatValue(value);
-      tr.append(th, td);
-      body.appendChild(tr);
-    }
-    tableEl.appendChild(body);
-    return tableEl;
-  }
-
-  function block(title, content) {
-    const section = document.createElement("section");
-    const h = document.createElement("h3");
-    h.textContent = title;
-    section.append(h, content);
-    return section;
-  }
-
-  function renderInfo(info) {
-    const grid = document.createElement("div");
-    grid.className = "info-grid";
-    const m = info.model;
-    const b = info.backbone;
-    grid.appendChild(block("Model", table([
-      ["Name", info.name],
-      ["Decoder", `${m.decoder.toUpperCase()} · ${m.units} units`],
-      ["Attention", m.attention === "bahdanau" ? `Bahdanau (${m.attention_units} units)` : m.attention],
-      ["Embedding", m.embedding_dim],
-      ["Vocabulary", `${formatValue(info.vocab_size)} words`],
-      ["Backbone", `${b.name} ${b.layer} (${b.grid}×${b.grid} regions)`],
-      ["Backbone weights", b.weights],
-    ])));
-    const d = info.data;
-    const dataRows = [["Dataset", d.dataset], ["Data folder", d.data_dir], ["Min word count", d.min_count]];
-    if (info.training) {
-      dataRows.push(["Epochs trained", info.training.epochs]);
-      if ("val_loss" in info.training) dataRows.push(["Final val loss", info.training.val_loss]);
-      else if ("loss" in info.training) dataRows.push(["Final loss", info.training.loss]);
-    }
-    grid.appendChild(block("Training data", table(dataRows)));
-    let metrics;
-    if (info.metrics_table && info.metrics_table.length) {
-      metrics = table(info.metrics_table);
-    } else {
-      metrics = document.createElement("p");
-      metrics.innerHTML = '<span class="badge">not evaluated yet</span>';
-      const hint = document.createElement("small");
-      hint.className = "muted";
-      hint.textContent = " Run python -m icapnet.evaluate to score it.";
-      metrics.appendChild(hint);
-    }
-    grid.appendChild(block("Test metrics", metrics));
-    els.info.replaceChildren(grid);
-  }
-
   async function loadInfo() {
     try {
       const response = await fetch("/api/info");
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const info = await response.json();
+      state.info = info;
+      const data = info.training_data || {};
+      state.synthetic = data.dataset === "synthetic" || data.synthetic === true;
+      if (state.result) {
+        els.note.hidden = !state.synthetic;
+        els.note.textContent = state.synthetic ? SYNTHETIC_NOTE : "";
+      }
       state.maxBytes = info.limits.max_upload_bytes;
       els.maxUpload.textContent = info.limits.max_upload;
       els.beam.max = String(info.limits.max_beam_size);
       if (Number(els.beam.value) > info.limits.max_beam_size) els.beam.value = String(info.limits.max_beam_size);
       els.beamValue.textContent = els.beam.value;
-      renderInfo(info);
+      window.IcapnetInfo.render(els.info, info);
     } catch (err) {
       els.info.textContent = `Could not load model information (${err.message}).`;
     }
   }
 
+  applyWording();
   loadInfo();
+  loadExamples();
 })();
