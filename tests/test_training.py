@@ -79,9 +79,10 @@ def write_cache(root: Path, n_train: int = 24, n_val: int = 6,
     return root
 
 
-FLAGS = ["--epochs", "3", "--batch-size", "8", "--units", "16", "--embedding-dim", "8",
+FLAGS = ["--epochs", "4", "--batch-size", "8", "--units", "16", "--embedding-dim", "8",
          "--attention-units", "8", "--dropout", "0.3", "--learning-rate", "0.01",
-         "--seed", "7", "--quiet"]
+         "--seed", "7", "--reduce-lr-patience", "1", "--early-stopping-patience", "10",
+         "--quiet"]
 
 
 class Crash(Exception):
@@ -113,10 +114,11 @@ class Epochs(keras.callbacks.Callback):
 
 
 def _config(**train) -> Config:
+    """What FLAGS say, as a Config."""
     return Config(
         model=ModelConfig(embedding_dim=8, units=16, attention_units=8, dropout=0.3),
-        train=TrainConfig(**{"epochs": 3, "batch_size": 8, "learning_rate": 0.01, "seed": 7,
-                             **train}),
+        train=TrainConfig(**{"epochs": 4, "batch_size": 8, "learning_rate": 0.01, "seed": 7,
+                             "reduce_lr_patience": 1, "early_stopping_patience": 10, **train}),
     )
 
 
@@ -130,7 +132,11 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 
 def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
-    cache = write_cache(tmp_path / "cache")
+    """Exact resume, with what a resume must carry: the dropout RNG states, a learning rate
+    ReduceLROnPlateau lowered, and the plateau counters; then early stopping and the best
+    weights. val_loss rises after every epoch on this cache (the val captions are words the
+    vocabulary does not know), so the plateau callbacks have something to do."""
+    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
     # Uninterrupted run, through the CLI.
     full = tmp_path / "full"
     assert main(["--cache", str(cache), "--out", str(full), *FLAGS]) == 0
@@ -139,8 +145,13 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
             "loss.png", "checkpoints"} <= names
     assert not [n for n in names if n.startswith(".")]
     history = pd.read_csv(full / "history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]
+    assert list(history["epoch"]) == [0, 1, 2, 3]
     assert {"loss", "val_loss", "token_loss", "accuracy", "learning_rate"} <= set(history)
+    assert history["val_loss"].is_monotonic_increasing
+    assert history["loss"].is_monotonic_decreasing
+    # ReduceLROnPlateau (patience 1) halves the LR after epochs 1 and 2 (its wait restarts
+    # after each reduction); EarlyStopping (patience 10) waits.
+    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.01, 0.005, 0.0025])
 
     # Same run, killed in the middle of the third epoch...
     crashed = tmp_path / "crashed"
@@ -151,58 +162,59 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     assert not (crashed / "model.weights.h5").exists()  # no half-finished model dir
     assert read_state(latest_checkpoint(crashed)).next_epoch == 2
     assert len(pd.read_csv(crashed / "history.csv")) == 2
-    # ... then re-run: it continues at epoch 3 (index 2) only.
+    # ... then re-run: it continues at epoch 3 (index 2), with the LR reduced before the
+    # crash (from the optimizer state); the reduction after epoch 2 needs the plateau
+    # counters from the checkpoint (a fresh ReduceLROnPlateau would take epoch 2 as its
+    # first, best value), and the same weights need the dropout RNG states.
     epochs = Epochs()
     resumed = train(_config(), cache, crashed, verbose=0, extra_callbacks=[epochs])
-    assert epochs.seen == [2]
+    assert epochs.seen == [2, 3]
     pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
-
     _assert_same_weights(full, crashed)
-    # Dropout is on, so this only holds because the dropout RNG state is checkpointed.
     assert any("seed_generator" in name for name in model_variables(load_model_dir(full)[0]))
 
     again = Epochs()  # a finished run is not trained again
     train(_config(), cache, full, verbose=0, extra_callbacks=[again])
     assert again.seen == []
 
-
-def test_plateau_callbacks_under_mixed_precision_resume_stop_and_restore_best(tmp_path):
-    """Under mixed precision, which wraps the optimizer (its loss scale is state too)."""
-    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
-    # val_loss rises after every epoch. ReduceLROnPlateau (patience 1) halves the LR after
-    # epochs 1 and 2 (its wait restarts after each reduction); EarlyStopping waits.
-    config = _config(epochs=4, reduce_lr_patience=1, early_stopping_patience=10,
-                     mixed_precision=True)
-    full = tmp_path / "full"
-    history = train(config, cache, full, verbose=0)
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
-    assert history["val_loss"].is_monotonic_increasing
-    assert history["loss"].is_monotonic_decreasing
-    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.01, 0.005, 0.0025])
-
-    crashed = tmp_path / "crashed"
-    with pytest.raises(Crash):
-        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 0)])
-    with np.load(latest_checkpoint(crashed)) as data:  # the loss scale is checkpointed too
-        assert {"optimizer/dynamic_scale", "optimizer/inner/learning_rate"} <= set(data.files)
-    resumed = train(config, cache, crashed, verbose=0)
-    # Epoch 2 runs with the LR reduced before the crash (from the optimizer state), and the
-    # reduction after epoch 2 needs the plateau counters from the checkpoint: a fresh
-    # ReduceLROnPlateau would take epoch 2 as its first, best value.
-    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
-    _assert_same_weights(full, crashed)
-
     # Early stopping (patience 1) fires after epoch 1 and ends the phase ...
     stopped = tmp_path / "stopped"
-    history = train(dataclasses.replace(config, train=dataclasses.replace(
-        config.train, early_stopping_patience=1, reduce_lr_patience=10)), cache, stopped,
-        verbose=0)
+    history = train(_config(early_stopping_patience=1, reduce_lr_patience=10), cache, stopped,
+                    verbose=0)
     assert list(history["epoch"]) == [0, 1]
     state = read_state(latest_checkpoint(stopped))
     assert (state.next_epoch, state.next_phase) == (4, 2)
     # ... and both runs end with the best (epoch 0) weights restored: the one state the run
     # stopped after epoch 1 and the run that went on to epoch 3 have in common.
     _assert_same_weights(stopped, full)
+
+
+def test_mixed_precision_run_trains_and_checkpoints_its_loss_scale(tmp_path):
+    cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
+    config = _config(epochs=2, mixed_precision=True)
+    history = train(config, cache, tmp_path / "m", verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    assert np.isfinite(history["loss"]).all() and history["loss"][1] < history["loss"][0]
+    # The wrapped optimizer's own state (loss scale, step counter) is in the checkpoint, by
+    # name, and goes back into a freshly built mixed-precision model.
+    path = latest_checkpoint(tmp_path / "m")
+    with np.load(path) as data:
+        assert {"optimizer/dynamic_scale", "optimizer/inner/iteration"} <= set(data.files)
+        saved_scale = float(data["optimizer/dynamic_scale"])
+        saved_kernel = data["model/decoder/fc2/kernel"]
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        cfg = Config.load(tmp_path / "m" / "checkpoints")
+        model = build_captioner(cfg)
+        model.compile(optimizer=keras.optimizers.Adam(0.01))
+        model.optimizer.build(model.trainable_variables)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert restore_checkpoint(path, model, model.optimizer).next_epoch == 2
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert float(model.optimizer.dynamic_scale) == saved_scale
+    assert int(model.optimizer.inner_optimizer.iterations) == 2 * 4  # 2 epochs of 4 steps
+    np.testing.assert_array_equal(model.decoder.fc2.kernel.numpy(), saved_kernel)
 
 
 def test_checkpoints_match_variables_by_name(tmp_path):

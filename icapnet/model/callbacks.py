@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,13 @@ class EpochRecorder(keras.callbacks.Callback):
     holds the learning rate and the counters the next epoch will use. When the phase ends
     (its last epoch, or early stopping fired) the best weights are restored before the
     checkpoint is written, so the next phase and the saved model start from them.
+
+    loss.png is redrawn when ``plot_every`` seconds have passed since the last drawing and
+    always when the phase ends: drawing takes ~0.3 s, nothing next to a real epoch, but most
+    of an epoch of a few seconds (tests, smoke runs).
     """
+
+    plot_every = 10.0
 
     def __init__(self, model_dir: Path, phase: int, phase_end: int, history: pd.DataFrame,
                  monitor: str, plateau: Mapping[str, _Resumable]) -> None:
@@ -69,6 +76,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.plateau = plateau
         self.state: TrainState | None = None  # set once an epoch has finished
         self._learning_rate = math.nan
+        self._plotted_at = -math.inf
 
     def on_epoch_begin(self, epoch, logs=None):
         self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -78,11 +86,13 @@ class EpochRecorder(keras.callbacks.Callback):
                "learning_rate": self._learning_rate, "phase": self.phase}
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
         write_history(self.model_dir, self.history)
-        plot_history(self.history, self.model_dir / LOSS_PLOT_FILE)
+        ends = bool(self.model.stop_training) or epoch + 1 >= self.phase_end
+        if ends or time.monotonic() - self._plotted_at >= self.plot_every:
+            plot_history(self.history, self.model_dir / LOSS_PLOT_FILE)
+            self._plotted_at = time.monotonic()
         values = self._phase_values()
         if values and values[-1] <= min(values):
             save_best(self.model_dir, self.model)
-        ends = bool(self.model.stop_training) or epoch + 1 >= self.phase_end
         if ends:
             load_best(self.model_dir, self.model)
         self.state = TrainState(
