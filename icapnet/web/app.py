@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icapnet import __version__
+from icapnet.config import DEFAULT_BEAM
 from icapnet.data.images import load_image_bytes
 from icapnet.errors import IcapnetError
 from icapnet.web.examples import Example, find_examples
@@ -74,8 +75,8 @@ class CaptionPredictor(Protocol):
     """What the app needs from ``icapnet.inference.predictor.Predictor``."""
 
     def caption_images(
-        self, images: list[np.ndarray], beam_size: int = 1, max_length: int | None = None,
-        length_penalty: float = 0.0, num_candidates: int = 1,
+        self, images: list[np.ndarray], beam_size: int = DEFAULT_BEAM,
+        max_length: int | None = None, length_penalty: float = 0.0, num_candidates: int = 1,
     ) -> list[Any]: ...
 
 
@@ -171,6 +172,7 @@ def create_app(
                 "max_upload_bytes": max_upload_bytes,
                 "max_upload": format_size(max_upload_bytes),
                 "max_beam_size": max_beam_size,
+                "default_beam_size": min(DEFAULT_BEAM, max_beam_size),
                 "max_candidates": MAX_CANDIDATES,
             },
         }
@@ -194,7 +196,8 @@ def create_app(
     async def caption_upload(request: Request, figure: bool = False) -> _Captioned:
         """Read, check, decode (bounded) and caption one upload."""
         upload = await read_image_upload(request, max_upload_bytes)
-        beam_size = parse_int_field(upload.fields, "beam_size", 1, 1, max_beam_size)
+        beam_size = parse_int_field(upload.fields, "beam_size",
+                                    min(DEFAULT_BEAM, max_beam_size), 1, max_beam_size)
         fmt = parse_choice_field(upload.fields, "format", "png", tuple(FIGURE_FORMATS)) \
             if figure else ""
         _check_is_image(upload.data, upload.filename)
