@@ -145,9 +145,10 @@ def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[st
     return settings
 
 
-def _check_stamp(out: Path, settings: dict[str, Any], what: str = "demo run folder",
+def _check_stamp(folder: Path, settings: dict[str, Any], what: str = "demo run folder",
                  flag: str = "--out") -> None:
-    path = out / STAMP_FILE
+    """A folder the demo reuses must hold a demo run with the same settings (or nothing)."""
+    path = folder / STAMP_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -157,12 +158,11 @@ def _check_stamp(out: Path, settings: dict[str, Any], what: str = "demo run fold
             diff = sorted(k for k in settings if not isinstance(old, dict)
                           or old.get(k) != settings[k])
             raise IcapnetError(
-                f"{out}: holds a demo run with other settings ({', '.join(diff)}); "
+                f"{folder}: holds a demo run with other settings ({', '.join(diff)}); "
                 f"use another {flag} or delete that folder"
             )
-    elif out.is_dir() and any(out.iterdir()):
-        raise IcapnetError(f"{out}: exists and is not a {what}; choose another {flag}")
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise IcapnetError(f"{folder}: exists and is not a {what}; choose another {flag}")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -211,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args, data_dir, weights)
     _check_stamp(out, settings)
     _check_stamp(model_dir, settings, "model directory of this demo", "--model-dir")
+    for folder in (out, model_dir):
+        atomic_write_text(folder / STAMP_FILE, json.dumps(settings, indent=2, sort_keys=True)
+                          + "\n")
     started = time.perf_counter()
 
     cli.start(log_info=True)

@@ -69,11 +69,13 @@ def test_caption_matches_the_predictor(client, predictor, jpeg, tiny_model_dir) 
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) >= {"caption", "words", "score", "attention", "beam_size"}
-    expected = predictor.caption_bytes(jpeg, beam_size=1)
+    from icapnet.config import DEFAULT_BEAM
+
+    expected = predictor.caption_bytes(jpeg)  # the same default beam as the API's
     assert body["caption"] == expected.caption and body["words"] == expected.words
     assert body["words"], "the tiny model writes real sentences"
     assert body["score"] == pytest.approx(expected.score, abs=1e-4)
-    assert body["beam_size"] == 1
+    assert body["beam_size"] == DEFAULT_BEAM
     attention = np.asarray(body["attention"])
     grid = _grid(tiny_model_dir)
     assert attention.shape == (len(body["words"]), grid, grid)  # [T][g][g]
@@ -270,6 +272,7 @@ def test_health_and_info(client, tiny_model_dir) -> None:
         "max_upload_bytes": 10 * 1024 * 1024,
         "max_upload": "10 MB",
         "max_beam_size": 10,
+        "default_beam_size": 3,
         "max_candidates": 5,
     }
 
@@ -518,7 +521,7 @@ def test_end_attention_and_beam_candidates(client, predictor, jpeg, tiny_model_d
     assert candidates[0]["score"] == pytest.approx(body["score"], abs=1e-5)
     scores = [c["score"] for c in candidates]
     assert scores == sorted(scores, reverse=True) and 1 <= len(candidates) <= 3
-    greedy = _post(client, jpeg).json()
+    greedy = _post(client, jpeg, beam_size="1").json()
     assert [c["caption"] for c in greedy["candidates"]] == [greedy["caption"]]
 
 
@@ -624,6 +627,7 @@ def test_cli_loads_the_model_and_serves_it(tiny_model_dir, monkeypatch, capsys) 
                 "max_upload_bytes": 524288,
                 "max_upload": "512 KB",
                 "max_beam_size": 4,
+                "default_beam_size": 3,
                 "max_candidates": 5,
             }
             assert "got '5'" in _post(cli_client, _png(), beam_size="5").json()["detail"]
