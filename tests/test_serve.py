@@ -633,3 +633,16 @@ def test_cli_loads_the_model_and_serves_it(tiny_model_dir, monkeypatch, capsys) 
             assert "got '5'" in _post(cli_client, _png(), beam_size="5").json()["detail"]
     finally:
         sock.close()
+
+
+def test_page_may_be_framed_only_where_allowed(tiny_model_dir) -> None:
+    """The page refuses other sites' frames; the notebook lets Colab's port proxy show it."""
+    from icapnet.web.app import COLAB_FRAME_ANCESTORS
+
+    with TestClient(create_app(_NoModel(), tiny_model_dir)) as plain:
+        assert "frame-ancestors 'none'" in plain.get("/").headers["content-security-policy"]
+    framed = create_app(_NoModel(), tiny_model_dir, frame_ancestors=COLAB_FRAME_ANCESTORS)
+    with TestClient(framed) as colab:
+        csp = colab.get("/").headers["content-security-policy"]
+    assert "frame-ancestors https://colab.research.google.com https://*.googleusercontent.com" \
+        in csp and "'none'" not in csp.split("frame-ancestors")[1]
