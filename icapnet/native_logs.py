@@ -10,7 +10,7 @@ setting reaches them.
 :func:`filter_native_stderr` points descriptor 2 at a pipe read by a small child process,
 which copies every line to the real stderr except native INFO/WARNING lines (what
 ``TF_CPP_MIN_LOG_LEVEL=2`` would hide), the absl banner and two known-harmless ERROR lines
-(cuInit without a GPU, oneDNN's int32 fallback).
+(cuInit without a GPU, oneDNN's int32/half fallback to Eigen).
 Native ERROR/FATAL lines, anything else C++ or a subprocess writes, and all of Python's own
 output (``sys.stderr`` is re-opened on the real stderr, so progress bars still see a
 terminal) pass unchanged. The filter is a separate process so that a crash or ``abort()`` of
@@ -33,9 +33,9 @@ NOISE = re.compile(
         r"STDERR",
         _NATIVE,
         # Two native ERROR lines that are not errors: no GPU driver on a CPU machine, and
-        # oneDNN falling back to Eigen for int32 ops on CPUs without AVX-512.
+        # oneDNN falling back to Eigen for int32/half ops on CPUs without AVX-512.
         r"E\d{4} [0-9:. ]+\d+ [\w./-]+:\d+\] (failed call to cuInit|oneDNN supports "
-        r"DT_INT32 only on platforms with AVX-512)",
+        r"DT_\w+ only on platforms with AVX-512)",
         # second line of cpu_feature_guard's INFO message
         r"To enable the following instructions: .*rebuild TensorFlow with the appropriate "
         r"compiler flags\.",

@@ -22,6 +22,8 @@ NATIVE_NOISE = [
     b"E0000 00:00:1795918282.080417   15136 cuda_platform.cc:52] failed call to cuInit: "
     b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
     b"W0000 00:00:1795918282.080417   15136 gpu_device.cc:2341] Cannot dlopen some GPU libs.",
+    b"E0000 00:00:1795921465.249891   24858 util.cc:131] oneDNN supports DT_HALF only on "
+    b"platforms with AVX-512. Falling back to the default Eigen-based implementation if present.",
 ]
 REAL = [
     b"E0000 00:00:1795918282.1   15136 op_kernel.cc:1] OUT_OF_RANGE: a real native error",

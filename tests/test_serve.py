@@ -646,3 +646,19 @@ def test_page_may_be_framed_only_where_allowed(tiny_model_dir) -> None:
         csp = colab.get("/").headers["content-security-policy"]
     assert "frame-ancestors https://colab.research.google.com https://*.googleusercontent.com" \
         in csp and "'none'" not in csp.split("frame-ancestors")[1]
+
+
+def test_info_shows_the_split_sentence_without_paths() -> None:
+    """Issue 11: the split's source is a sentence ("random 80/10/10 ..."), not a path; a
+    folder inside it is shown by name only."""
+    from icapnet.config import Config, DataConfig
+    from icapnet.web.info import training_data
+
+    def shown(split: str) -> str:
+        return training_data(Config(data=DataConfig(dataset="flickr8k", split=split)))["split"]
+
+    assert shown("random 80/10/10 by image (seed 3)") == "random 80/10/10 by image (seed 3)"
+    assert shown("official (package data)") == "official (package data)"
+    assert shown("split files beside the data (differ from the official lists): "
+                 "/home/me/private/f8k/Flickr8k_text") == (
+        "split files beside the data (differ from the official lists): Flickr8k_text")
