@@ -7,6 +7,9 @@ Output on stdout, one line per image that could be read:
 * ``--json``: one JSON object per line, always: ``{"path", "caption", "score", "words"}``
   plus ``"attention_png"`` / ``"attention_npz"`` with ``--attention-dir``.
 
+A model trained on synthetic scenes describes any photo as coloured shapes; stderr then
+starts with one ``note:`` line saying so.
+
 A folder contributes its image files (by extension, not recursive, sorted); a glob pattern
 (``'photos/**/*.jpg'``, quoted so the shell leaves it alone) contributes its matching image
 files. A file named explicitly is always tried. An image that cannot be read (missing,
@@ -38,7 +41,7 @@ from icapnet.inference.captioning import (
     expand_inputs,
     load_predictor,
 )
-from icapnet.model.store import resolve_model
+from icapnet.model.store import load_config, resolve_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_positive(args, "beam", "batch_size", optional=("max_length",))
     model_dir = resolve_model(args.model)
+    note = cli.synthetic_note(model_dir, load_config(model_dir))
+    if note:
+        print(note, file=sys.stderr)
     paths, errors = expand_inputs(args.images)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)

@@ -12,19 +12,52 @@ import argparse
 import dataclasses
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from icapnet.config import CHOICES
+from icapnet.config import CHOICES, DEFAULT_BEAM, Config
 from icapnet.model.store import DEFAULT_MODELS_DIR
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
 def start(log_info: bool = False) -> None:
-    """Before TensorFlow loads: quiet its C++ logging; optionally show icapnet's INFO lines."""
+    """Before TensorFlow loads: quiet its C++ logging (and, when this process is an icapnet
+    command, its native start-up lines); optionally show icapnet's INFO lines."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from icapnet import native_logs
+
+    if native_logs.started_as_cli():
+        native_logs.filter_native_stderr()
     if log_info:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+def trained_on(config: Config) -> str:
+    """One line about a model's training data, from its config.json (evaluate prints it)."""
+    data = config.data
+    parts = [data.dataset or "unknown dataset"]
+    if data.split:
+        parts.append(f"split {data.split}")
+    if data.train_images is not None:
+        parts.append(f"{data.train_images} train images / {data.train_captions} captions")
+    weights = config.features.weights
+    weights = Path(weights).name if "/" in weights else weights  # a file: its name
+    parts.append(f"{config.features.backbone} features ({weights} weights)")
+    if config.train.preset:
+        parts.append(f"preset {config.train.preset}")
+    text = "trained on: " + ", ".join(parts)
+    if data.dataset == "synthetic":
+        text += " -- synthetic scenes of coloured shapes, not photos"
+    return text
+
+
+def synthetic_note(model_dir: str | Path, config: Config) -> str | None:
+    """The one line that says a model only knows synthetic scenes (None for real data)."""
+    if config.data.dataset != "synthetic":
+        return None
+    return (f"note: {Path(model_dir).name} was trained on synthetic scenes (coloured shapes); "
+            "it describes any photo as shapes")
 
 
 def add_model_flag(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -37,11 +70,13 @@ def add_model_flag(parser: argparse.ArgumentParser, required: bool = False) -> N
                             f"{DEFAULT_MODELS_DIR}/ with a config.json)")
 
 
-def add_decoding_flags(parser: argparse.ArgumentParser, beam_help: str = "beam size (1 = greedy)",
+def add_decoding_flags(parser: argparse.ArgumentParser,
+                       beam_help: str = "beam width (1 = greedy)",
                        length_penalty: bool = False, feature_weights: bool = False) -> None:
     """``--beam K``, ``--max-length N`` and, where the command offers them,
     ``--length-penalty ALPHA`` and ``--feature-weights W``."""
-    parser.add_argument("--beam", type=int, default=1, metavar="K", help=beam_help)
+    parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, metavar="K",
+                        help=f"{beam_help} (default: {DEFAULT_BEAM})")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="longest caption in tokens (default: the model's max_length)")
     if length_penalty:
@@ -61,17 +96,19 @@ def flag(name: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser, section: type, title: str,
                      skip: set[str] | frozenset[str] = frozenset(),
                      unset_default: bool = False) -> None:
-    """One flag per field of a Config section (so a default lives only in config.py).
+    """One flag per field of a Config section (so a default lives only in config.py); the
+    field's ``help`` metadata is the flag's sentence, its CHOICES entry the allowed values.
 
     ``unset_default`` makes every default None, for a command that fills in its own defaults
-    and must know which flags the user gave (the demo).
+    (a preset, the demo's sizes) and must know which flags the user gave.
     """
     group = parser.add_argument_group(title)
     for field in dataclasses.fields(section):
         if field.name in skip:
             continue
         default = None if unset_default else field.default
-        shown = f"(default: {field.default})"
+        text = field.metadata.get("help", field.name.replace("_", " "))
+        shown = f"{text} (default: {field.default})"
         if field.type == "bool":
             group.add_argument(flag(field.name), action=argparse.BooleanOptionalAction,
                                default=default, help=shown)
@@ -79,9 +116,9 @@ def add_config_flags(parser: argparse.ArgumentParser, section: type, title: str,
         kind = _TYPES.get(str(field.type))
         if kind is None:
             raise TypeError(f"{section.__name__}.{field.name}: no CLI type for {field.type}")
-        group.add_argument(flag(field.name), type=kind, default=default,
-                           choices=CHOICES.get(field.name), metavar=field.name.upper(),
-                           help=shown)
+        choices = CHOICES.get(field.name)
+        group.add_argument(flag(field.name), type=kind, default=default, choices=choices,
+                           metavar=None if choices else field.name.upper(), help=shown)
 
 
 def config_section(section: type, args: argparse.Namespace, base: Any = None,

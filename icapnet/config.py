@@ -1,8 +1,10 @@
 """One source of truth for every hyperparameter, saved as ``config.json`` next to each model.
 
 The sections mirror the architecture: how features are extracted, how the model is built,
-and how it is trained. CLI flags are derived from these fields, so a default changes in
-exactly one place.
+and how it is trained, plus what the model was trained on. CLI flags are derived from the
+model and training fields (their ``help`` metadata is the flag's sentence in ``--help``), so a
+default changes in exactly one place. Named recipes that change several defaults at once
+(``--preset sat|synthetic``) live in :mod:`icapnet.presets`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,20 @@ DECODERS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "none")
 INIT_STATES = ("zeros", "mean")
 STRATEGIES = ("default", "mirrored", "tpu")
+OPTIMIZERS = ("adam", "rmsprop")
+# What early stopping (and the plateau learning-rate cut) watch: the validation loss, or the
+# BLEU-4 of greedy captions of the validation split (Show-Attend-Tell's criterion).
+STOP_METRICS = ("val_loss", "val_bleu4")
 CHOICES = {"decoder": DECODERS, "attention": ATTENTIONS, "init_state": INIT_STATES,
-           "strategy": STRATEGIES}
+           "strategy": STRATEGIES, "optimizer": OPTIMIZERS, "early_stopping_metric": STOP_METRICS}
+# The beam width used when none is given: caption / evaluate / export CLIs, the Python
+# Predictor, the web API and the page's slider.
+DEFAULT_BEAM = 3
+
+
+def _help(text: str) -> dict[str, str]:
+    """Field metadata: the sentence ``--help`` shows for the field's flag."""
+    return {"help": text}
 
 
 @dataclass
@@ -53,63 +67,108 @@ class ModelConfig:
     """Shape of the captioner. Defaults follow the ICapNet / Show-Attend-Tell recipes."""
 
     vocab_size: int = 0  # filled from the vocabulary when the model is built
-    embedding_dim: int = 256
-    units: int = 512
-    attention_units: int = 512
+    embedding_dim: int = field(default=256, metadata=_help("size of the word embeddings and "
+                                                           "of the encoded regions"))
+    units: int = field(default=512, metadata=_help("units of the recurrent decoder"))
+    attention_units: int = field(default=512, metadata=_help("hidden size of the additive "
+                                                             "attention"))
     # Dropout on the encoded regions and before the word projection. 0.5 (the usual recipe)
     # makes any one region's encoding so noisy that attention spreads out to average many of
     # them: on benchmarks/quality_synthetic.py attention-in-box at shape words went from 0.37
     # (0.5) to 0.64 (0.2) with better BLEU-4 (0.80 -> 0.82).
-    dropout: float = 0.2
-    decoder: str = "gru"  # DECODERS
-    attention: str = "bahdanau"  # ATTENTIONS ("none": the mean-pooled baseline)
-    deep_output: bool = False  # attention context also feeds the word projection (SAT's L_z)
+    dropout: float = field(default=0.2, metadata=_help(
+        "dropout rate on the encoded regions and before the word projection"))
+    decoder: str = field(default="gru", metadata=_help("recurrent cell of the decoder"))
+    attention: str = field(default="bahdanau", metadata=_help(
+        "bahdanau (additive attention) or none (mean of the regions: the no-attention baseline)"))
+    deep_output: bool = field(default=False, metadata=_help(
+        "feed the attention context to the word projection too (SAT's deep output L_z)"))
     # Dropout on the state carried between steps (training only). A decoder that can memorise
     # an object from one glance stops looking at it; with 0.3 attention at shape words moved
     # from ~0.2 to ~0.5 of the mass on objects (benchmarks/quality_synthetic.py).
-    state_dropout: float = 0.3
-    context_gate: bool = False  # sigmoid gate on the context (Show-Attend-Tell's beta)
-    init_state: str = "mean"  # INIT_STATES: "zeros" (image only via attention) | "mean" (SAT)
+    state_dropout: float = field(default=0.3, metadata=_help(
+        "dropout rate on the recurrent state carried between steps (training only)"))
+    context_gate: bool = field(default=False, metadata=_help(
+        "gate the attention context with a sigmoid of the state (SAT's beta)"))
+    init_state: str = field(default="mean", metadata=_help(
+        "initial decoder state: from the mean region (SAT) or zeros (image only via attention)"))
     num_regions: int = 196
     feature_dim: int = 512
-    max_length: int = 40  # longest caption the decoder will write, <end> included
+    max_length: int = field(default=40, metadata=_help(
+        "longest caption the decoder writes, in tokens (<end> included)"))
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings for ``python -m icapnet.train``."""
 
-    batch_size: int = 64
-    learning_rate: float = 4e-4
-    epochs: int = 20
-    clip_norm: float = 5.0
+    batch_size: int = field(default=64, metadata=_help("captions per training step"))
+    learning_rate: float = field(default=4e-4, metadata=_help("initial learning rate"))
+    optimizer: str = field(default="adam", metadata=_help(
+        "adam, or rmsprop (centred, momentum 0.9, rho 0.95, epsilon 1e-4: the RMSProp of "
+        "Show-Attend-Tell's code)"))
+    epochs: int = field(default=20, metadata=_help(
+        "epochs of the first phase (a finished run given more epochs trains the extra ones)"))
+    clip_norm: float = field(default=5.0, metadata=_help(
+        "clip the global gradient norm to this value (0 = no clipping)"))
     # lambda of Show-Attend-Tell's doubly-stochastic term (averaged over regions, so 1.0 is
     # comparable to the token loss). Off by default: it rewards spreading attention over every
     # region during a caption, and on benchmarks/quality_synthetic.py lambda=1 kept attention at
     # chance level (0.11 in-box vs 0.37 without it) for the same BLEU.
-    attention_penalty: float = 0.0
-    seed: int = 42
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    strategy: str = "default"  # STRATEGIES
-    early_stopping_patience: int = 5
-    reduce_lr_patience: int = 2
-    reduce_lr_factor: float = 0.5
-    shuffle_buffer: int = 4096
-    fine_tune_from: str | None = None  # e.g. "block5_conv1": train the backbone from this layer on
-    fine_tune_epochs: int = 0
-    fine_tune_learning_rate: float = 1e-5
+    attention_penalty: float = field(default=0.0, metadata=_help(
+        "lambda of the doubly-stochastic attention penalty, averaged over regions "
+        "(0 = off; see DEVELOPERS.md for its relation to the paper's summed form)"))
+    seed: int = field(default=42, metadata=_help("seed of initialisation, dropout and the "
+                                                 "order of every epoch"))
+    mixed_precision: bool = field(default=False, metadata=_help(
+        "compute in float16 with float32 weights (GPUs)"))
+    jit_compile: bool = field(default=False, metadata=_help("compile the training step with "
+                                                            "XLA"))
+    strategy: str = field(default="default", metadata=_help(
+        "default (one device), mirrored (all GPUs, else all CPU cores) or tpu"))
+    early_stopping_metric: str = field(default="val_loss", metadata=_help(
+        "what early stopping and the learning-rate cut watch: the validation loss, or the "
+        "BLEU-4 of greedy captions of the validation split (decoded after every epoch)"))
+    early_stopping_patience: int = field(default=5, metadata=_help(
+        "stop after this many epochs without improvement (keeping the best epoch's weights)"))
+    reduce_lr_patience: int = field(default=2, metadata=_help(
+        "lower the learning rate after this many epochs without improvement (0 = never)"))
+    reduce_lr_factor: float = field(default=0.5, metadata=_help(
+        "factor the learning rate is multiplied by when it is lowered"))
+    shuffle_buffer: int = field(default=4096, metadata=_help(
+        "captions held in the shuffle buffer"))
+    fine_tune_from: str | None = field(default=None, metadata=_help(
+        "after the first phase, also train the backbone from this layer on "
+        "(e.g. block5_conv1)"))
+    fine_tune_epochs: int = field(default=0, metadata=_help("epochs of the fine-tuning phase"))
+    fine_tune_learning_rate: float = field(default=1e-5, metadata=_help(
+        "learning rate of the fine-tuning phase"))
+    # The named recipe the defaults came from (icapnet.presets); flags given on top of it are
+    # in the other fields.
+    preset: str = ""
 
 
 @dataclass
 class DataConfig:
-    """Where the training data came from, so a model can say what it was trained on."""
+    """Where the training data came from, so a model can say what it was trained on.
+
+    ``dataset`` .. ``cache_dir`` and the vocabulary settings are given to ``prepare``; the
+    provenance fields after them are filled from the feature cache when training starts
+    (None: a model trained before they were recorded).
+    """
 
     dataset: str = ""
     data_dir: str = ""
     cache_dir: str = ""
     min_count: int = 5
     max_vocab_size: int = 10000
+    split: str | None = None  # where train/val/test came from, e.g. "official (package data)"
+    train_images: int | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    train_captions: int | None = None
+    val_captions: int | None = None
+    test_captions: int | None = None
 
 
 @dataclass
@@ -144,6 +203,12 @@ class Config:
         for name in ("learning_rate", "fine_tune_learning_rate"):
             if not getattr(t, name) > 0:
                 raise IcapnetError(f"{_flag(name)}: must be > 0, got {getattr(t, name)}")
+        for name in ("early_stopping_patience", "reduce_lr_patience"):
+            _at_least(name, getattr(t, name), 0)
+        if not 0.0 < t.reduce_lr_factor < 1.0:
+            raise IcapnetError(f"--reduce-lr-factor: must be in (0, 1), got {t.reduce_lr_factor}")
+        if t.clip_norm < 0:
+            raise IcapnetError(f"--clip-norm: must be >= 0, got {t.clip_norm}")
         if t.fine_tune_epochs and not t.fine_tune_from:
             raise IcapnetError("--fine-tune-epochs: needs --fine-tune-from LAYER "
                                "(e.g. block5_conv1)")

@@ -6,6 +6,11 @@ held-out images with attention heatmaps and prints where everything went. Each s
 the same library functions as the individual commands (``prepare``, ``train``,
 ``evaluate``, ``caption``), in one process so TensorFlow and the model load once.
 
+The trained model goes where ``caption`` and ``serve`` look by default
+(``saved_models/<name of --out>``, with a few held-out photos in its ``examples/`` folder for
+the web page); the data, cache, heatmaps and summary stay in the run folder. The summary
+ends with the exact commands that caption a photo and open the web page.
+
 Re-running the same command reuses what is done: the scenes and the feature cache are kept,
 training resumes from its last checkpoint (or is skipped when finished), and only
 evaluation and captioning run again. A folder holding a run with other data settings is an
@@ -21,6 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -28,15 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from icapnet import cli
-from icapnet.config import Config, DataConfig, ModelConfig, TrainConfig
+from icapnet.config import DEFAULT_BEAM, Config, DataConfig, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError, require_positive, run_cli
-from icapnet.io import atomic_write_text
+from icapnet.io import atomic_write_bytes, atomic_write_text
 from icapnet.layout import LOSS_PLOT_FILE, METRICS_FILE
+from icapnet.model.store import DEFAULT_MODELS_DIR
+from icapnet.presets import PRESETS, apply_preset, preset_for, preset_help
 
 DATASETS = ("synthetic", "flickr8k")
 SUMMARY_FILE = "summary.json"
 STAMP_FILE = "demo.json"
 EXAMPLES_FILE = "captions.jsonl"  # the captioned held-out examples
+MODEL_EXAMPLES_DIR = "examples"  # held-out photos beside the model, for the web page
+MAX_MODEL_EXAMPLES = 6
+MAX_EXAMPLE_BYTES = 4 * 1024 * 1024
 # Sized so the synthetic demo finishes in under ~10 minutes on 2 CPU cores.
 DEFAULT_NUM_IMAGES = 400
 DEFAULT_EPOCHS = 20
@@ -45,7 +58,7 @@ DEFAULT_EPOCHS = 20
 SMALL_MODEL = {"units": 256, "attention_units": 256, "embedding_dim": 128}
 # Config fields the demo has its own flags for, or that the feature cache decides.
 _OWN_MODEL_FLAGS = frozenset({"units", "attention_units", "embedding_dim"})
-_OWN_TRAIN_FLAGS = frozenset({"epochs", "batch_size", "seed"})
+_OWN_TRAIN_FLAGS = frozenset({"epochs", "batch_size", "seed", "preset"})
 _FROM_CACHE = frozenset({"vocab_size", "num_regions", "feature_dim"})
 
 
@@ -56,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train a captioner, evaluate it and caption held-out images with attention heatmaps.",
         epilog="The model and training flags are those of 'python -m icapnet.train'.",
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo",
+                   help="run folder: data, feature cache, heatmaps, summary (default: runs/demo)")
+    p.add_argument("--model-dir", default=None,
+                   help="where the trained model goes (default: saved_models/NAME, NAME being "
+                   "the run folder's name): 'caption' and 'serve' use the newest model under "
+                   "saved_models/ when given no --model")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None, help=preset_help())
     p.add_argument("--dataset", choices=DATASETS, default="synthetic")
     p.add_argument("--data-dir", default=None,
                    help="dataset folder (synthetic: default OUT/data, generated if needed)")
@@ -77,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention size (default: 256 synthetic, 512 flickr8k)")
     p.add_argument("--full-size", dest="small", action="store_false",
                    help="synthetic: train the default-size model, not the small demo one")
-    p.add_argument("--beam", type=int, default=3, metavar="K",
-                   help="beam size evaluated next to greedy (default 3)")
+    p.add_argument("--beam", type=int, default=DEFAULT_BEAM, metavar="K",
+                   help=f"beam width evaluated next to greedy (default {DEFAULT_BEAM})")
     p.add_argument("--show", type=int, default=6, metavar="N",
                    help="held-out images to caption with attention heatmaps (default 6)")
     p.add_argument("--split", choices=("official", "random"), default="official",
@@ -126,8 +145,10 @@ def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[st
     return settings
 
 
-def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
-    path = out / STAMP_FILE
+def _check_stamp(folder: Path, settings: dict[str, Any], what: str = "demo run folder",
+                 flag: str = "--out") -> None:
+    """A folder the demo reuses must hold a demo run with the same settings (or nothing)."""
+    path = folder / STAMP_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -137,12 +158,11 @@ def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
             diff = sorted(k for k in settings if not isinstance(old, dict)
                           or old.get(k) != settings[k])
             raise IcapnetError(
-                f"{out}: holds a demo run with other settings ({', '.join(diff)}); "
-                "use another --out or delete that folder"
+                f"{folder}: holds a demo run with other settings ({', '.join(diff)}); "
+                f"use another {flag} or delete that folder"
             )
-    elif out.is_dir() and any(out.iterdir()):
-        raise IcapnetError(f"{out}: exists and is not a demo run folder; choose another --out")
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise IcapnetError(f"{folder}: exists and is not a {what}; choose another {flag}")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -170,9 +190,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def demo_config(args: argparse.Namespace, data_dir: Path) -> Config:
-    """The training Config: train's defaults, the demo's sizes, then the flags given."""
-    return Config(model=cli.config_section(ModelConfig, args, skip=_FROM_CACHE),
-                  train=cli.config_section(TrainConfig, args),
+    """The training Config: train's defaults, the preset (named, or the dataset's), the demo's
+    sizes, then the flags given."""
+    base = apply_preset(Config(), args.preset or preset_for(args.dataset))
+    return Config(model=cli.config_section(ModelConfig, args, base=base.model, skip=_FROM_CACHE),
+                  train=cli.config_section(TrainConfig, args, base=base.train),
                   data=DataConfig(dataset=args.dataset, data_dir=str(data_dir)))
 
 
@@ -182,10 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = args.weights or ("none" if synthetic else "imagenet")
     out = Path(args.out)
     data_dir = Path(args.data_dir) if args.data_dir else out / "data"
-    cache_dir, model_dir, attention_dir = out / "cache", out / "model", out / "attention"
+    cache_dir, attention_dir = out / "cache", out / "attention"
+    model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODELS_DIR / out.resolve().name
     config = demo_config(args, data_dir)
     config.validate()
-    _check_stamp(out, _settings(args, data_dir, weights))
+    settings = _settings(args, data_dir, weights)
+    _check_stamp(out, settings)
+    _check_stamp(model_dir, settings, "model directory of this demo", "--model-dir")
+    for folder in (out, model_dir):
+        atomic_write_text(folder / STAMP_FILE, json.dumps(settings, indent=2, sort_keys=True)
+                          + "\n")
     started = time.perf_counter()
 
     cli.start(log_info=True)
@@ -215,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = open_cache(cache_dir)
     print(describe_cache(cache, data_cfg))
 
-    stages.start(3, "training", f"training (resumes if interrupted): {model_dir}")
+    stages.start(3, "training", f"training, preset {config.train.preset} (resumes if "
+                 f"interrupted): {model_dir}")
     history = train(config, cache_dir, model_dir, verbose=0 if args.quiet else 1)
     print(describe_history(history))
 
@@ -227,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages.start(5, "captions", f"captioning {args.show} held-out images with attention "
                  f"heatmaps: {attention_dir}")
     shown = _caption_examples(args, predictor, cache, dataset, attention_dir, out)
+    examples = _copy_examples(cache, dataset, model_dir)
     stages.stop()
 
     summary = _summary(out, model_dir, attention_dir, metrics, localisation, shown,
                        time.perf_counter() - started, stages.seconds)
+    summary["next"] = _next_commands(model_dir, examples, out)
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, metrics, localisation, beams)
     return 0
@@ -241,7 +272,6 @@ def _evaluate(args: argparse.Namespace, predictor: Any, model_dir: Path, cache: 
     """Score the test split per beam; on synthetic scenes, localisation of the same captions."""
     from icapnet.inference.evaluation import evaluate_split
     from icapnet.inference.localisation import LocalisationTally
-    from icapnet.inference.metrics import format_table
 
     metrics: dict[str, dict] = {}
     localisation: dict[str, dict] | None = {} if cache.boxes else None
@@ -253,9 +283,13 @@ def _evaluate(args: argparse.Namespace, predictor: Any, model_dir: Path, cache: 
         metrics[f"beam{beam}"] = done.entry
         if tally is not None:
             localisation[f"beam{beam}"] = tally.report()
-        print(format_table({f"test beam{beam}": done.scores}))
-        print(f"  {done.entry['num_images']} images in {done.seconds:.1f} s\n")
+        print(f"  {_column(beam)}: {done.entry['num_images']} test images captioned and scored "
+              f"in {done.seconds:.1f} s")
     return metrics, localisation
+
+
+def _column(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
 
 
 def _caption_examples(args: argparse.Namespace, predictor: Any, cache: Any, dataset: Any,
@@ -282,6 +316,56 @@ def _caption_examples(args: argparse.Namespace, predictor: Any, cache: Any, data
     return shown
 
 
+def _copy_examples(cache: Any, dataset: Any, model_dir: Path) -> list[Path]:
+    """A few held-out test photos into MODEL/examples/: the web page offers them to click,
+    and the summary's caption command uses one."""
+    folder = model_dir / MODEL_EXAMPLES_DIR
+    ids = [i for i in cache.image_ids("test") if i in dataset.images]
+    written = []
+    for image_id in ids:
+        if len(written) == MAX_MODEL_EXAMPLES:
+            break
+        source = Path(dataset.images[image_id])
+        if source.stat().st_size > MAX_EXAMPLE_BYTES:
+            continue
+        target = folder / source.name
+        if not target.is_file():
+            atomic_write_bytes(target, source.read_bytes())
+        written.append(target)
+    return written
+
+
+def _python() -> str:
+    """How to call this interpreter in the printed commands: ``python`` when that is what
+    the PATH finds, else its path (e.g. ``.venv/bin/python`` right after set-up)."""
+    exe = Path(sys.executable).absolute()
+    found = shutil.which("python")
+    if found and Path(found).absolute() == exe:
+        return "python"
+    relative = os.path.relpath(exe)
+    return relative if not relative.startswith("..") else str(exe)
+
+
+def _next_commands(model_dir: Path, examples: list[Path], out: Path) -> list[dict[str, str]]:
+    """The commands that use the model just trained: caption a photo (with heatmaps), serve."""
+    from icapnet.model.store import find_default_model
+
+    try:
+        is_default = find_default_model().resolve() == model_dir.resolve()
+    except IcapnetError:
+        is_default = False
+    model = "" if is_default else f" --model {shlex.quote(str(model_dir))}"
+    python = shlex.quote(_python())
+    photo = shlex.quote(str(examples[0])) if examples else "photo.jpg"
+    heatmaps = shlex.quote(str(out / "heatmaps"))
+    return [
+        {"what": "caption a photo and draw where the model looked for each word",
+         "command": f"{python} -m icapnet.caption {photo}{model} --attention-dir {heatmaps}"},
+        {"what": "open the web page at http://127.0.0.1:8000/ (Ctrl+C stops it)",
+         "command": f"{python} -m icapnet.serve{model}"},
+    ]
+
+
 def _summary(out: Path, model_dir: Path, attention_dir: Path, metrics: dict,
              localisation: dict | None, shown: list[dict], seconds: float,
              stage_seconds: dict[str, float]) -> dict[str, Any]:
@@ -306,17 +390,18 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
                    beams: list[int]) -> None:
     from icapnet.inference.metrics import format_table
 
-    rows = {("greedy" if b == 1 else f"beam {b}"): {
-        k: v for k, v in metrics.get(f"beam{b}", {}).items() if isinstance(v, float)
-    } for b in beams}
+    rows = {_column(b): {k: v for k, v in metrics.get(f"beam{b}", {}).items()
+                         if isinstance(v, float)} for b in beams}
+    images = {metrics.get(f"beam{b}", {}).get("num_images") for b in beams} - {None}
     print("\n" + "=" * 60)
-    print("test-split metrics\n")
+    count = f", {images.pop()} images" if len(images) == 1 else ""
+    print(f"test-split metrics (free-running captions{count})\n")
     print(format_table(rows))
     if localisation:
-        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
-                          f"{_fmt(localisation[f'beam{b}']['attention_in_box'])}" for b in beams)
+        cells = "  ".join(f"{_column(b)}: {_fmt(localisation[f'beam{b}']['attention_in_box'])}"
+                          for b in beams)
         print(f"\nattention in the named object's box, at its shape word  {cells}")
-        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
+        cells = "  ".join(f"{_column(b)}: "
                           f"{_fmt(localisation[f'beam{b}'].get('attention_in_box_phrase'))}"
                           for b in beams)
         print(f"  ... averaged over its size/colour/shape words            {cells}")
@@ -325,6 +410,9 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
     for name, path in summary["outputs"].items():
         print(f"  {name.ljust(width)}  {path}")
     print(f"\ndone in {summary['seconds'] / 60:.1f} min")
+    print("\nnext:")
+    for step in summary.get("next", []):
+        print(f"  # {step['what']}\n  {step['command']}")
 
 
 def _fmt(value: float | None) -> str:

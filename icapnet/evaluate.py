@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from icapnet.model.store import load_model_dir
 
     model, vocab, config = load_model_dir(model_dir)
+    print(cli.trained_on(config), flush=True)
     done = evaluate_split(model, vocab, config, model_dir, cache_dir, args.split, args.beam,
                           args.max_length, args.length_penalty, args.batch_size,
                           coco=not args.no_coco)

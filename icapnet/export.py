@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from icapnet import cli
+from icapnet.config import DEFAULT_BEAM
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model.store import resolve_model
 
@@ -42,7 +43,7 @@ def build_serving_module(
     words: Sequence[str],
     image_size: int,
     max_length: int,
-    beam_size: int = 1,
+    beam_size: int = DEFAULT_BEAM,
     length_penalty: float = 0.0,
 ) -> Any:
     """A ``tf.Module`` with ``caption(images, beam_size, max_length)`` (see module doc)."""
@@ -159,7 +160,7 @@ def export_saved_model(
     model_dir: str | Path,
     out_dir: str | Path,
     feature_weights: str | None = None,
-    beam_size: int = 1,
+    beam_size: int = DEFAULT_BEAM,
     max_length: int | None = None,
     length_penalty: float = 0.0,
 ) -> Path:

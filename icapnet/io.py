@@ -1,11 +1,16 @@
-"""Atomic file writes: an artifact is either complete or absent, never half-written."""
+"""Atomic file writes: an artifact is either complete or absent, never half-written.
+
+Files come out with the permissions ``open()`` would give them (0666 minus the umask, e.g.
+0644, like Keras' own files), not ``mkstemp``'s private 0600: a model directory is meant to
+be read by other users, a web server or a container.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -25,6 +30,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty ``.NAME.XXXXXXXX.tmp`` beside ``path``, created with mode 0666 so the
+    kernel applies the umask (``mkstemp`` would make it 0600)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from icapnet import cli
+from icapnet.config import DEFAULT_BEAM
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model.store import resolve_model
 from icapnet.web.app import DEFAULT_MAX_BEAM_SIZE
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         warm = load_image_bytes(_warmup_png(), "warm-up image")
         predictor.caption_images([warm], beam_size=1)
-        predictor.caption_images([warm], beam_size=2, num_candidates=2)
+        beam = min(DEFAULT_BEAM, args.max_beam_size)
+        predictor.caption_images([warm], beam_size=beam, num_candidates=beam)
     app = create_app(
         predictor,
         model_dir,

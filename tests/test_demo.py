@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,15 @@ def test_attention_in_box_picks_the_named_object():
 
 @pytest.mark.slow
 def test_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    """Issue 11: demo, then caption a photo and serve with no --model, from the same folder."""
+    import shlex
+
+    from fastapi.testclient import TestClient
+
+    from icapnet import caption
     from icapnet.inference import evaluation
+    from icapnet.model.store import resolve_model
+    from icapnet.web.app import create_app
 
     decoded = []  # (split, beam) of every pass over a split
     original = evaluation.decode_split
@@ -68,19 +77,28 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         return original(model, vocab, cache_dir, split, beam, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "decode_split", counting)
-    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    out, model_dir = Path("run"), Path("saved_models") / "run"
     assert demo.main(["--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "BLEU-4" in printed and str(out / "attention") in printed
     # One decoding of the test split per beam serves both the metrics and the localisation.
     assert decoded == [("test", 1), ("test", 2)]
+    # The metrics are printed once, as one table naming the implementation of each number.
+    assert printed.count("computed by") == 1 and printed.count("BLEU-4 ") == 1
+    assert "coco_Bleu_1 " not in printed
 
-    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
     for beam in ("beam1", "beam2"):
         assert metrics["test"][beam]["BLEU-4"] >= BLEU4_FLOOR
         assert metrics["test"][beam]["num_images"] >= 1
-    config = json.loads((out / "model" / "config.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
     assert config["model"]["dropout"] == 0 and config["train"]["learning_rate"] == 0.01
+    assert config["train"]["preset"] == "synthetic"
+    assert config["data"]["dataset"] == "synthetic"
+    assert config["data"]["split"].startswith("random 80/10/10 by image")
+    assert config["data"]["train_images"] + config["data"]["val_images"] + \
+        config["data"]["test_images"] == 16
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["reference"] for r in records)
     for record in records:
@@ -97,21 +115,48 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     for report in summary["attention_localisation"].values():
         assert report["num_images"] == metrics["test"]["beam1"]["num_images"]
         assert report["shape_words"] + report["unmatched_shape_words"] >= 1  # words examined
-    assert summary["outputs"]["model"] == str(out / "model")
-    assert (out / "model" / "loss.png").is_file()
+    assert summary["outputs"]["model"] == str(model_dir)
+    assert (model_dir / "loss.png").is_file()
+    examples = sorted((model_dir / "examples").iterdir())
+    assert 1 <= len(examples) <= 6 and all(p.suffix == ".jpg" for p in examples)
+
+    # The summary ends with the next commands, and they work as printed: no --model needed.
+    assert printed.rstrip().endswith(summary["next"][-1]["command"])
+    caption_cmd, serve_cmd = (shlex.split(step["command"]) for step in summary["next"])
+    assert caption_cmd[1:3] == ["-m", "icapnet.caption"] and "--model" not in caption_cmd
+    assert serve_cmd[1:] == ["-m", "icapnet.serve"]
+    assert caption.main(caption_cmd[3:]) == 0
+    done = capsys.readouterr()
+    assert done.out.strip() and "trained on synthetic scenes" in done.err
+    assert len(list(Path(caption_cmd[caption_cmd.index("--attention-dir") + 1]).glob("*.png")))
+    assert resolve_model(None) == model_dir  # what serve loads without --model
+    from icapnet.inference.captioning import load_predictor
+
+    with TestClient(create_app(load_predictor(model_dir), resolve_model(None))) as client:
+        assert client.get("/").status_code == 200
+        info = client.get("/api/info").json()
+        assert info["name"] == "run" and info["training_data"]["dataset"] == "synthetic"
+        assert info["training_data"]["train_images"] == config["data"]["train_images"]
+        assert info["metrics_summary"]["rows"][0]["metric"] == "BLEU-1"
+        listed = [e["name"] for e in client.get("/api/examples").json()["examples"]]
+        assert listed == [p.name for p in examples]
 
     # Re-running reuses scenes, cache and the finished model: no new epoch, same weights.
-    weights = _h5_arrays(out / "model" / "model.weights.h5")
-    history = (out / "model" / "history.csv").read_text()
+    weights = _h5_arrays(model_dir / "model.weights.h5")
+    history = (model_dir / "history.csv").read_text()
     assert demo.main(["--out", str(out), *TINY, "--beam", "1", "--show", "0"]) == 0
-    assert (out / "model" / "history.csv").read_text() == history
-    again = _h5_arrays(out / "model" / "model.weights.h5")
+    assert (model_dir / "history.csv").read_text() == history
+    again = _h5_arrays(model_dir / "model.weights.h5")
     assert again.keys() == weights.keys()
     assert all(np.array_equal(again[k], weights[k]) for k in weights)
 
     # Other data settings on the same folder: a one-line error, nothing overwritten.
     with pytest.raises(IcapnetError, match="other settings"):
         demo.main(["--out", str(out), *TINY, "--seed", "5"])
+    # ... also when only the model directory holds the other run.
+    with pytest.raises(IcapnetError, match="--model-dir"):
+        demo.main(["--out", "other", "--model-dir", str(model_dir), *TINY, "--seed", "5"])
+    assert not Path("other").exists()  # checked before anything is written
 
 
 def _h5_arrays(path) -> dict[str, np.ndarray]:

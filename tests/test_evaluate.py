@@ -47,9 +47,11 @@ def test_evaluate_writes_coco_results_and_metrics(
     from icapnet.inference.captioning import load_predictor
 
     cache = open_cache(tiny_cache)
-    assert evaluate.main(["--model", str(model_dir), "--split", "train"]) == 0
+    assert evaluate.main(["--model", str(model_dir), "--split", "train", "--beam", "1"]) == 0
     out = capsys.readouterr().out
     assert "BLEU-4" in out and "train beam1" in out
+    # It says what the model was trained on; this one: synthetic scenes, not photos.
+    assert out.startswith("trained on: synthetic, ") and "not photos" in out.splitlines()[0]
 
     results = json.loads((model_dir / "results_train_beam1.json").read_text())
     assert [r["image_id"] for r in results] == cache.image_ids("train")

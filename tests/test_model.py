@@ -199,6 +199,26 @@ def test_total_loss_includes_penalty_over_real_steps_only():
     assert float(stats["tokens"]) == mask.sum()
 
 
+def test_progress_metrics_show_the_penalty_only_when_it_is_on():
+    """Issue 11: the bar shows what compares with val_loss; with the penalty on, loss is
+    token_loss + lambda * attention_penalty (one batch: exactly)."""
+    features, captions = padded_batch()
+    plain = Captioner(tiny_config(), attention_penalty=0.0)
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = plain.evaluate(features, captions, batch_size=3, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}
+    penalised = Captioner(tiny_config(), attention_penalty=0.7)
+    penalised.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = penalised.evaluate(features, captions, batch_size=3, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "token_loss", "attention_penalty", "accuracy"}
+    assert logs["loss"] == pytest.approx(logs["token_loss"] + 0.7 * logs["attention_penalty"],
+                                         rel=1e-5)
+    mean = Captioner(tiny_config(attention="none"), attention_penalty=0.7)
+    mean.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = mean.evaluate(features, captions, batch_size=3, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}  # uniform weights: the penalty is not applied
+
+
 def _greedy(model: Captioner, features, max_length: int) -> np.ndarray:
     encoded = model.encode(features)
     keys = model.precompute_keys(encoded)
@@ -231,7 +251,8 @@ def test_tiny_model_overfits_eight_captions_and_decodes_them():
     batches = tf.data.Dataset.from_tensors((features, captions)).repeat(150)
     model.fit(batches, epochs=1, verbose=0, shuffle=False)
     logs = model.evaluate(features, captions, batch_size=8, verbose=0, return_dict=True)
-    assert logs["token_loss"] < 0.05
+    assert set(logs) == {"loss", "accuracy"}  # no penalty: loss is the cross-entropy per word
+    assert logs["loss"] < 0.05
     assert logs["accuracy"] == pytest.approx(1.0)
 
     decoded = _greedy(model, tf.constant(features), 9)

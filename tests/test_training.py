@@ -146,7 +146,7 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     assert not [n for n in names if n.startswith(".")]
     history = pd.read_csv(full / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]
-    assert {"loss", "val_loss", "token_loss", "accuracy", "learning_rate"} <= set(history)
+    assert {"loss", "val_loss", "accuracy", "learning_rate"} <= set(history)
     assert history["val_loss"].is_monotonic_increasing
     assert history["loss"].is_monotonic_decreasing
     # ReduceLROnPlateau (patience 1) halves the LR after epochs 1 and 2 (its wait restarts
@@ -363,3 +363,72 @@ def test_fine_tuning_phase_trains_the_backbone_and_resumes(image_cache, tmp_path
     np.testing.assert_array_equal(
         kernel(build_feature_extractor(Config.load(crashed).features), "conv_b"),
         kernel(tuned, "conv_b"))
+
+
+class ScoreCheck(keras.callbacks.Callback):
+    """Recomputes val_bleu4 on its own (greedy captions of the val split, nltk BLEU-4)."""
+
+    def __init__(self, cache: Path) -> None:
+        super().__init__()
+        self.cache, self.seen = cache, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append((logs["val_bleu4"], _val_bleu4(self.model, self.cache)))
+
+
+def _val_bleu4(model, cache_dir: Path) -> float:
+    from icapnet.data.cache import open_cache
+    from icapnet.inference.decoding import greedy_decode
+    from icapnet.inference.metrics import nltk_bleu
+
+    cache = open_cache(cache_dir)
+    ids, features = zip(*cache.read_features("val"), strict=True)
+    tokens = greedy_decode(model, np.stack(features).astype(np.float32), 40).tokens.numpy()
+    captions = {i: cache.vocab.decode(row.tolist()) for i, row in zip(ids, tokens, strict=True)}
+    return nltk_bleu(cache.captions["val"], captions)["BLEU-4"]
+
+
+@pytest.mark.slow
+def test_sat_preset_stops_on_val_bleu_and_a_finished_run_trains_more_epochs(tmp_path):
+    """Issue 11: --preset sat (picked for a real-photo dataset) records itself, flags given
+    win over it, early stopping watches validation BLEU-4 and keeps its best epoch; running a
+    finished model again with a larger --epochs trains the extra epochs (only those)."""
+    cache = write_cache(tmp_path / "cache")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["dataset"] = "flickr8k"
+    manifest["split"] = {"source": "official (package data)", "sizes": {}, "missing": {}}
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "sat"
+    flags = ["--units", "16", "--embedding-dim", "8", "--attention-units", "8",
+             "--batch-size", "8", "--learning-rate", "0.01", "--seed", "3", "--quiet"]
+    assert main(["--cache", str(cache), "--out", str(out), "--epochs", "3", *flags]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["preset"] == "sat"
+    assert saved["train"]["optimizer"] == "rmsprop"
+    assert saved["train"]["early_stopping_metric"] == "val_bleu4"
+    assert saved["train"]["attention_penalty"] == pytest.approx(5.4)
+    assert saved["model"]["dropout"] == 0.5 and saved["model"]["context_gate"] is True
+    assert saved["train"]["learning_rate"] == 0.01  # the flag given beats the preset's 1e-4
+    assert {k: saved["data"][k] for k in ("split", "train_images", "val_images",
+                                           "train_captions", "test_images")} == {
+        "split": "official (package data)", "train_images": 24, "val_images": 6,
+        "train_captions": 48, "test_images": 0}
+    history = pd.read_csv(out / "history.csv")
+    assert {"val_bleu4", "token_loss", "attention_penalty"} <= set(history)
+    assert history["val_bleu4"].between(0, 1).all()
+    # The saved weights are the best epoch's by BLEU (a score: the largest).
+    model = load_model_dir(out)[0]
+    assert _val_bleu4(model, cache) == pytest.approx(history["val_bleu4"].max(), abs=1e-9)
+
+    # val_bleu4 is what an independent greedy decode of the val split scores, every epoch.
+    config = Config.from_dict(saved)
+    config.train.epochs = 5
+    check, epochs = ScoreCheck(cache), Epochs()
+    longer = train(config, cache, out, verbose=0, extra_callbacks=[check, epochs])
+    assert epochs.seen == [3, 4]
+    assert list(longer["epoch"]) == [0, 1, 2, 3, 4]
+    for logged, recomputed in check.seen:
+        assert logged == pytest.approx(recomputed, abs=1e-9)
+    again = Epochs()
+    train(config, cache, out, verbose=0, extra_callbacks=[again])
+    assert again.seen == []  # finished at 5: nothing more to do

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from icapnet.config import DEFAULT_BEAM
 from icapnet.data.images import is_image_file, load_image
 from icapnet.errors import IcapnetError
 
@@ -70,7 +71,7 @@ def load_predictor(model_dir: Path, feature_weights: str | None = None) -> Any:
 def caption_files(
     predictor: Any,
     paths: Sequence[Path],
-    beam_size: int = 1,
+    beam_size: int = DEFAULT_BEAM,
     max_length: int | None = None,
     batch_size: int = 16,
     attention_dir: Path | None = None,

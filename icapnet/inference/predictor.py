@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from icapnet.config import RANDOM_BACKBONE, Config
+from icapnet.config import DEFAULT_BEAM, RANDOM_BACKBONE, Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.inference.decoding import (
@@ -156,7 +156,7 @@ class Predictor:
     def decode_features(
         self,
         features: np.ndarray,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
     ) -> DecodeResult:
@@ -170,7 +170,7 @@ class Predictor:
     def caption_features(
         self,
         features: np.ndarray,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         num_candidates: int = 1,
@@ -203,7 +203,7 @@ class Predictor:
     def caption_images(
         self,
         images: Sequence[np.ndarray],
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         num_candidates: int = 1,
@@ -226,7 +226,7 @@ class Predictor:
     def caption_paths(
         self,
         paths: Iterable[str | Path],
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
     ) -> list[CaptionResult | IcapnetError]:
@@ -254,7 +254,7 @@ class Predictor:
     def caption_bytes(
         self,
         data: bytes,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         name: str = "<upload>",

@@ -66,8 +66,9 @@ class EpochRecorder(keras.callbacks.Callback):
     plot_every = 10.0
 
     def __init__(self, model_dir: Path, phase: int, phase_end: int, history: pd.DataFrame,
-                 monitor: str, plateau: Mapping[str, _Resumable]) -> None:
+                 monitor: str, plateau: Mapping[str, _Resumable], mode: str = "min") -> None:
         super().__init__()
+        self.mode = mode  # "max" for a score (val_bleu4), "min" for a loss
         self.model_dir = model_dir
         self.phase = phase
         self.phase_end = phase_end
@@ -91,7 +92,8 @@ class EpochRecorder(keras.callbacks.Callback):
             plot_history(self.history, self.model_dir / LOSS_PLOT_FILE)
             self._plotted_at = time.monotonic()
         values = self._phase_values()
-        if values and values[-1] <= min(values):
+        best = max(values) if self.mode == "max" else min(values) if values else None
+        if values and values[-1] == best:
             save_best(self.model_dir, self.model)
         if ends:
             load_best(self.model_dir, self.model)
@@ -105,8 +107,48 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def _phase_values(self) -> list[float]:
         rows = self.history[self.history["phase"] == self.phase]
-        column = self.monitor if self.monitor in rows else "loss"
-        return [float(v) for v in rows[column]]
+        if self.monitor not in rows:
+            self.monitor, self.mode = "loss", "min"
+        return [float(v) for v in rows[self.monitor]]
+
+
+class ValidationBleu(keras.callbacks.Callback):
+    """After each epoch: BLEU-4 of greedy captions of the validation split, as ``val_bleu4``.
+
+    What Show-Attend-Tell stops on. The validation features are streamed from the cache
+    every epoch (Flickr8k's would take 400 MB held as float32), the captions are decoded
+    free-running (the decoder sees only its own words) and scored with nltk's corpus BLEU
+    against every reference, like ``evaluate``. It must come before the callbacks that
+    watch ``val_bleu4``.
+    """
+
+    def __init__(self, cache_dir: Path, captioner: keras.Model, max_length: int,
+                 batch_size: int) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.captioner = captioner
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        from icapnet.data.cache import open_cache
+        from icapnet.data.pipeline import make_image_dataset
+        from icapnet.inference.decoding import greedy_decode
+        from icapnet.inference.metrics import nltk_bleu
+
+        cache = open_cache(self.cache_dir)
+        references = cache.captions.get("val") or {}
+        captions: dict[str, str] = {}
+        for ids, features in make_image_dataset(self.cache_dir, "val", self.batch_size):
+            tokens = greedy_decode(self.captioner, features, self.max_length).tokens
+            for raw_id, row in zip(ids.numpy(), keras.ops.convert_to_numpy(tokens), strict=True):
+                image_id = raw_id.decode("utf-8")
+                if references.get(image_id):
+                    captions[image_id] = cache.vocab.decode(row.tolist())
+        if captions:
+            logs["val_bleu4"] = nltk_bleu(references, captions)["BLEU-4"]
 
 
 _warned: set[str] = set()

@@ -103,9 +103,19 @@ class Captioner(keras.Model):
         return self.decoder.state_size
 
     @property
+    def penalised(self) -> bool:
+        """Whether the doubly-stochastic penalty is part of the loss."""
+        return self.attention_penalty > 0 and self.decoder.attention_type == "bahdanau"
+
+    @property
     def metrics(self) -> list:
-        return [self.loss_tracker, self.token_loss_tracker, self.penalty_tracker,
-                self.accuracy_tracker]
+        # What the progress bar and history.csv show. Without the penalty, loss IS the
+        # cross-entropy per word (token_loss would repeat it, averaged by tokens instead of
+        # batches); with it, loss = token_loss + lambda * attention_penalty.
+        if self.penalised:
+            return [self.loss_tracker, self.token_loss_tracker, self.penalty_tracker,
+                    self.accuracy_tracker]
+        return [self.loss_tracker, self.accuracy_tracker]
 
     # -- forward ------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -168,11 +178,14 @@ class Captioner(keras.Model):
         global_batch = _global_sum(stats["batch"])
         self.loss_tracker.update_state(_global_sum(loss), sample_weight=global_batch)
         tokens = tf.maximum(stats["tokens"], 1e-9)
-        self.token_loss_tracker.update_state(stats["ce"] / tokens, sample_weight=stats["tokens"])
         self.accuracy_tracker.update_state(stats["correct"] / tokens,
                                            sample_weight=stats["tokens"])
-        batch = tf.maximum(stats["batch"], 1e-9)
-        self.penalty_tracker.update_state(stats["penalty"] / batch, sample_weight=stats["batch"])
+        if self.penalised:
+            self.token_loss_tracker.update_state(stats["ce"] / tokens,
+                                                 sample_weight=stats["tokens"])
+            batch = tf.maximum(stats["batch"], 1e-9)
+            self.penalty_tracker.update_state(stats["penalty"] / batch,
+                                              sample_weight=stats["batch"])
         return {m.name: m.result() for m in self.metrics}
 
     # -- steps ----------------------------------------------------------------------------

@@ -91,6 +91,15 @@ def _mirrored(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
     return tf.distribute.MirroredStrategy(list(devices))
 
 
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """``adam``, or ``rmsprop`` as Show-Attend-Tell's code has it (Graves' centred RMSProp
+    with momentum; see icapnet/presets.py)."""
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate, rho=0.95, momentum=0.9, epsilon=1e-4,
+                                        centered=True)
+    return keras.optimizers.Adam(learning_rate)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data-order seed of one epoch: depends only on (seed, epoch), so resumes match."""
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**31 - 1)
@@ -123,11 +132,16 @@ def config_from_cache(cache_dir: str | Path, config: Config) -> Config:
         num_regions=regions,
         feature_dim=channels,
     )
+    split = manifest.get("split")
     data = dataclasses.replace(
         config.data,
         cache_dir=str(Path(cache_dir)),
         dataset=config.data.dataset or str(manifest.get("dataset", "")),
         data_dir=config.data.data_dir or str(manifest.get("data_dir", "")),
+        # What the model was trained on, for the page, evaluate and the caption CLI.
+        split=str(split["source"]) if isinstance(split, dict) and "source" in split else None,
+        **{f"{s}_images": cache.num_images(s) for s in ("train", "val", "test")},
+        **{f"{s}_captions": cache.num_captions(s) for s in ("train", "val", "test")},
     )
     return dataclasses.replace(config, model=model, features=features, data=data)
 
@@ -183,7 +197,7 @@ class _Run:
                           cfg.train.fine_tune_learning_rate)
 
     def _compile(self, model: keras.Model, learning_rate: float) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        model.compile(optimizer=make_optimizer(self.config.train.optimizer, learning_rate),
                       jit_compile=bool(self.config.train.jit_compile))
         model.optimizer.build(model.trainable_variables)
         self.model = model
@@ -228,23 +242,33 @@ class _Run:
         tcfg = self.config.train
         first = max(state.next_epoch, phase.start)
         train_ds, steps, val_ds = self.datasets(phase, first)
-        monitor = "val_loss" if val_ds is not None else "loss"
+        monitor, scorer = self.monitor(phase, val_ds is not None)
+        mode = "max" if monitor == "val_bleu4" else "min"
         resume = state.callbacks if state.model_phase == phase.number else {}
-        early = ResumableEarlyStopping(monitor=monitor, patience=tcfg.early_stopping_patience)
+        early = ResumableEarlyStopping(monitor=monitor, mode=mode,
+                                       patience=tcfg.early_stopping_patience)
         early.resume = resume.get("early_stopping")
-        reduce = ResumableReduceLROnPlateau(monitor=monitor, factor=tcfg.reduce_lr_factor,
-                                            patience=tcfg.reduce_lr_patience,
-                                            min_lr=MIN_LEARNING_RATE)
-        reduce.resume = resume.get("reduce_lr")
+        plateau: dict[str, keras.callbacks.Callback] = {"early_stopping": early}
+        if tcfg.reduce_lr_patience > 0:
+            reduce = ResumableReduceLROnPlateau(monitor=monitor, mode=mode,
+                                                factor=tcfg.reduce_lr_factor,
+                                                patience=tcfg.reduce_lr_patience,
+                                                min_lr=MIN_LEARNING_RATE)
+            reduce.resume = resume.get("reduce_lr")
+            plateau = {"early_stopping": early, "reduce_lr": reduce}
         recorder = EpochRecorder(self.model_dir, phase.number, phase.end, history, monitor,
-                                 {"early_stopping": early, "reduce_lr": reduce})
+                                 plateau, mode=mode)
+        # The plateau callbacks run in the order reduce, early (as before), the recorder last.
+        callbacks = [*scorer, *extra_callbacks, *tensorboard(self.model_dir),
+                     *([plateau["reduce_lr"]] if "reduce_lr" in plateau else []), early,
+                     recorder]
         self.model.fit(
             train_ds,
             validation_data=val_ds,
             steps_per_epoch=steps,
             initial_epoch=first,
             epochs=phase.end,
-            callbacks=[*extra_callbacks, *tensorboard(self.model_dir), reduce, early, recorder],
+            callbacks=callbacks,
             shuffle=False,  # each epoch is already shuffled by its own seed
             verbose=verbose,
         )
@@ -252,6 +276,22 @@ class _Run:
             raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
                                f"{first + 1}")
         return recorder.history, recorder.state
+
+    def monitor(self, phase: _Phase, has_val: bool) -> tuple[str, list[keras.callbacks.Callback]]:
+        """What early stopping watches in ``phase``, and the callback that computes it.
+
+        Validation BLEU-4 is decoded from the cached features, so it serves the first phase;
+        the fine-tuning phase (whose features change with the backbone) watches val_loss.
+        """
+        if not has_val:
+            return "loss", []
+        if self.config.train.early_stopping_metric == "val_bleu4" and phase.number == 1:
+            from icapnet.model.callbacks import ValidationBleu
+
+            return "val_bleu4", [ValidationBleu(self.cache_dir, self.captioner,
+                                                self.config.model.max_length,
+                                                self.config.train.batch_size)]
+        return "val_loss", []
 
 
 def train(
@@ -307,15 +347,38 @@ def _run_phases(run: _Run, verbose: int | str,
     if found:
         with run.strategy.scope():
             state = restore_checkpoint(found, run.model, run.model.optimizer)
-        log.info("resuming %s at epoch %d", run.model_dir, state.next_epoch + 1)
     history = _trim_history(read_history(run.model_dir), state.next_epoch)
+    todo = [phase for phase in run.phases() if not _phase_done(phase, state, history)]
+    if found and todo:
+        log.info("resuming %s at epoch %d", run.model_dir,
+                 max(state.next_epoch, todo[0].start) + 1)
+    elif found:
+        log.info("%s: already trained (%d epochs in its history); nothing to do", run.model_dir,
+                 len(history))
     for phase in run.phases():
-        if phase.number < state.next_phase or state.next_epoch >= phase.end:
+        if _phase_done(phase, state, history):
             continue
         if phase.number == 2 and run.model is run.captioner:
             run.start_fine_tuning()
         history, state = run.fit(phase, state, history, verbose, extra_callbacks)
     return history
+
+
+def _phase_done(phase: _Phase, state: TrainState, history: pd.DataFrame) -> bool:
+    """Whether ``phase`` has nothing left to train.
+
+    A phase that ran to its last epoch and is now given more epochs (a larger ``--epochs``
+    on a finished run) continues; one that early stopping ended stays done, and so does a
+    phase the run has moved past.
+    """
+    if state.next_epoch >= phase.end:
+        return True
+    if phase.number >= state.next_phase:
+        return False
+    if phase.number != state.model_phase or "phase" not in history:
+        return True
+    ran = history.loc[history["phase"] == phase.number, "epoch"]
+    return ran.empty or int(ran.max()) + 1 != state.next_epoch
 
 
 def _trim_history(history: pd.DataFrame, next_epoch: int) -> pd.DataFrame:
@@ -337,6 +400,11 @@ def _check_previous_run(out_dir: Path, cfg: Config) -> None:
     if old.model != cfg.model:
         raise IcapnetError(f"{out_dir}: holds a run with a different model config; "
                            "use another --out or delete it")
+    state = read_state(latest_checkpoint(out_dir))
+    if state.model_phase == 2 and old.train.epochs != cfg.train.epochs:
+        raise IcapnetError(f"--epochs: {out_dir} already fine-tunes after epoch "
+                           f"{old.train.epochs}; keep --epochs {old.train.epochs} "
+                           "(use --fine-tune-epochs to train longer)")
 
 
 def describe_history(history: pd.DataFrame) -> str:
@@ -344,5 +412,8 @@ def describe_history(history: pd.DataFrame) -> str:
     if history.empty:
         return "trained 0 epochs"
     best = "val_loss" if "val_loss" in history else "loss"
-    return (f"trained {len(history)} epochs; best {best} {history[best].min():.4f}, "
+    text = (f"trained {len(history)} epochs; best {best} {history[best].min():.4f}, "
             f"last loss {history.iloc[-1]['loss']:.4f}")
+    if "val_bleu4" in history and history["val_bleu4"].notna().any():
+        text += f"; best val_bleu4 {history['val_bleu4'].max():.4f}"
+    return text

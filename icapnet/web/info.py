@@ -37,6 +37,9 @@ SUMMARY_METRICS = (
 # shown with the vocabulary; folders are shown by name).
 _NOT_PROVENANCE = {"data_dir", "cache_dir", "min_count", "max_vocab_size"}
 _BEAM_KEY = re.compile(r"beam(\d+)")
+# DataConfig fields holding a sentence that may contain a path, not a path.
+_SENTENCES = {"split"}
+_PATH_IN_TEXT = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:[\\/]|/)[^\s;,()]*")
 
 
 def model_info(model_dir: str | Path) -> dict[str, Any]:
@@ -85,7 +88,10 @@ def training_data(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"dataset": data.get("dataset") or "unknown"}
     for key, value in data.items():
         if key not in _NOT_PROVENANCE and key != "dataset" and value not in (None, "", [], {}):
-            out[key] = without_paths(value)
+            # A sentence such as the split's source ("random 80/10/10 by image", "split files
+            # beside the data ...: /home/me/f8k") keeps its words; only the paths in it shrink.
+            out[key] = paths_in_text_to_names(value) if key in _SENTENCES else \
+                without_paths(value)
     if data.get("data_dir"):
         out["folder"] = path_name(data["data_dir"])
     out.setdefault("backbone_weights", path_name(config.features.weights))
@@ -142,6 +148,11 @@ def path_name(value: str) -> str:
     if _looks_like_path(text):
         return PureWindowsPath(text).name if "\\" in text else Path(text).name
     return text
+
+
+def paths_in_text_to_names(text: str) -> str:
+    """``text`` with every absolute path in it replaced by its last part."""
+    return _PATH_IN_TEXT.sub(lambda m: path_name(m.group(0)), str(text))
 
 
 def without_paths(value: Any) -> Any:
