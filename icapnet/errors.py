@@ -25,6 +25,16 @@ def run_cli(
         return 130
     except BrokenPipeError:
         return quiet_broken_pipe()
+    except Exception as err:
+        from icapnet.io import is_disk_full  # io imports this module
+
+        if not is_disk_full(err):
+            raise
+        # A write outside icapnet.io (TensorFlow's logs, a library's cache): name what we can.
+        where = getattr(err, "filename", None) or "disk"
+        print(f"error: {where}: disk full ({str(err).splitlines()[0] if str(err) else err!r})",
+              file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

@@ -37,6 +37,7 @@ import tensorflow as tf
 from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, STRATEGIES, Config
 from icapnet.data.cache import open_cache
 from icapnet.errors import IcapnetError
+from icapnet.io import remove_stale_temps
 from icapnet.layout import (
     BACKBONE_WEIGHTS_FILE,
     CHECKPOINT_DIR,
@@ -238,16 +239,23 @@ class _Run:
         reduce.resume = resume.get("reduce_lr")
         recorder = EpochRecorder(self.model_dir, phase.number, phase.end, history, monitor,
                                  {"early_stopping": early, "reduce_lr": reduce})
-        self.model.fit(
-            train_ds,
-            validation_data=val_ds,
-            steps_per_epoch=steps,
-            initial_epoch=first,
-            epochs=phase.end,
-            callbacks=[*extra_callbacks, *tensorboard(self.model_dir), reduce, early, recorder],
-            shuffle=False,  # each epoch is already shuffled by its own seed
-            verbose=verbose,
-        )
+        try:
+            self.model.fit(
+                train_ds,
+                validation_data=val_ds,
+                steps_per_epoch=steps,
+                initial_epoch=first,
+                epochs=phase.end,
+                callbacks=[*extra_callbacks, *tensorboard(self.model_dir), reduce, early,
+                           recorder],
+                shuffle=False,  # each epoch is already shuffled by its own seed
+                verbose=verbose,
+            )
+        except tf.errors.DataLossError as err:  # TensorFlow names an offset, not the shard
+            from icapnet.data.cache_check import corrupt_data_error
+
+            raise corrupt_data_error(self.cache_dir, open_cache(self.cache_dir).manifest,
+                                     ("train", "val"), err) from None
         if recorder.state is None:
             raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
                                f"{first + 1}")
@@ -274,6 +282,8 @@ def train(
     vocab = open_cache(cache_dir).vocab
     _check_previous_run(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / CHECKPOINT_DIR):  # writes a killed run left half-done
+        remove_stale_temps(folder)
 
     keras.utils.set_random_seed(cfg.train.seed)
     previous_policy = keras.mixed_precision.global_policy().name
