@@ -118,7 +118,10 @@ def verify(args: argparse.Namespace) -> int:
               "with the same flags (without --verify) to rebuild what is damaged",
               file=sys.stderr)
         return 1
-    checked = "manifest, vocabulary, captions, every record (CRC, image id, size), counts, sha256"
+    hashed = sum(1 for info in manifest["shards"].values() if info.get("sha256"))
+    checked = ("manifest, vocabulary, captions, every record (CRC, image id, size), counts, "
+               + ("sha256" if hashed == shards else f"sha256 of {hashed} (older shards have "
+                  "none recorded)"))
     print(f"feature cache: {args.out}: OK ({shards} shards, {images} images; {checked}"
           f"{', source images' if sources is not None else ''})")
     return 0

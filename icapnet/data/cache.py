@@ -22,6 +22,7 @@ from icapnet.config import DataConfig
 from icapnet.data.cache_check import (
     CACHE_DTYPE,
     check_shard_files,
+    tf_reason,
     validate_manifest,
 )
 from icapnet.data.splits import SPLITS
@@ -154,15 +155,19 @@ class FeatureCache:
                 count += 1
                 yield image_id, np.frombuffer(data, dtype="<f2").reshape(shape)
         except tf.errors.DataLossError as err:
-            raise IcapnetError(f"{path}: corrupt feature shard ({err.message}); re-run "
+            raise IcapnetError(f"{path}: corrupt feature shard ({tf_reason(err)}); re-run "
                                "prepare to rebuild it") from None
         if count != expected:
             raise IcapnetError(f"{path}: {count} records, the manifest records {expected}; "
                                "re-run prepare to rebuild it")
 
 
-def open_cache(cache_dir: str | Path, require_complete: bool = True) -> FeatureCache:
-    """Open a cache ``prepare`` built; an incomplete one is an error unless asked for."""
+def open_cache(cache_dir: str | Path, require_complete: bool = True,
+               check_files: bool = True) -> FeatureCache:
+    """Open a cache ``prepare`` built; an incomplete one is an error unless asked for.
+
+    The manifest is validated and (``check_files``) every shard must have its recorded size.
+    """
     root = Path(cache_dir)
     path = root / MANIFEST_FILE
     if not path.is_file():
@@ -170,7 +175,8 @@ def open_cache(cache_dir: str | Path, require_complete: bool = True) -> FeatureC
     manifest = validate_manifest(read_json(path), path)
     if require_complete and not manifest.get("complete"):
         raise IcapnetError(f"{root}: feature cache is incomplete; re-run prepare to finish it")
-    check_shard_files(root, manifest)
+    if check_files:
+        check_shard_files(root, manifest)
     return FeatureCache(root, manifest)
 
 

@@ -145,8 +145,8 @@ def build_cache(
             todo.append(name)
 
     if old and todo:
-        log.info("%s: resuming, %d of %d shards already done", root, len(plan) - len(todo),
-                 len(plan))
+        log.info("%s: %d of %d shards done and intact, extracting the rest", root,
+                 len(plan) - len(todo), len(plan))
     features_dir = root / FEATURES_DIR
     features_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(features_dir)  # shards a killed run was writing

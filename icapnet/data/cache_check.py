@@ -58,7 +58,8 @@ class _Checker:
         self.path = path
 
     def fail(self, field: str, problem: str) -> None:
-        raise IcapnetError(f"{self.path}: {field}: {problem}")
+        raise IcapnetError(f"{self.path}: {field}: {problem} (restore the file, or delete it "
+                           "and re-run prepare to rebuild the cache)")
 
     def get(self, obj: dict, key: str, field: str, kind: type | tuple[type, ...],
             required: bool = True) -> Any:
@@ -228,12 +229,21 @@ def read_records(path: str | Path) -> Iterator[tuple[str, bytes]]:
                fields["features"].bytes_list.value[0])
 
 
+def tf_reason(err: Exception) -> str:
+    """TensorFlow's reason without its op-name decoration (``corrupted record at 4182``)."""
+    text = getattr(err, "message", None) or str(err)
+    found = re.search(r"(?:corrupted|truncated) record at \d+", text)
+    if found:
+        return found[0]
+    return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*", "", text).splitlines()[0].strip()
+
+
 def verify_shard(path: str | Path, info: dict[str, Any],
                  feature_shape: Iterable[int]) -> str | None:
     """What is wrong with one shard (None: it holds exactly what the manifest says).
 
-    Size, sha256 (when recorded), every record's CRC, the image ids in order, each record's
-    feature size and the record count.
+    Size, every record's CRC, the image ids in order, each record's feature size, the record
+    count and the sha256 (when recorded).
     """
     import tensorflow as tf
 
@@ -241,8 +251,6 @@ def verify_shard(path: str | Path, info: dict[str, Any],
     problem = shard_size_problem(path, info["bytes"])
     if problem:
         return problem
-    if info.get("sha256") and file_sha256(path) != info["sha256"]:
-        return "content changed since it was written (sha256 differs from the manifest)"
     regions, channels = feature_shape
     feature_bytes = int(regions) * int(channels) * 2
     written = info["written"]
@@ -258,11 +266,14 @@ def verify_shard(path: str | Path, info: dict[str, Any],
                         f"expected {feature_bytes} for {regions}x{channels} float16")
             count += 1
     except tf.errors.DataLossError as err:
-        return f"corrupt record after {count} good ones ({err.message.split(';')[0]})"
+        return (f"corrupt record after {count} good one{'s' * (count != 1)} "
+                f"({tf_reason(err)})")
     except Exception as err:  # a record that is not an icapnet Example
         return f"unreadable record {count} ({type(err).__name__}: {err})"
     if count != len(written):
         return f"{count} records, the manifest records {len(written)} (truncated)"
+    if info.get("sha256") and file_sha256(path) != info["sha256"]:
+        return "content changed since it was written (sha256 differs from the manifest)"
     return None
 
 
@@ -293,8 +304,7 @@ def corrupt_data_error(root: str | Path, manifest: dict[str, Any], splits: Itera
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         return IcapnetError(f"{shard_path(root, name)}: {problem}{more}; re-run prepare to "
                             "rebuild it")
-    message = getattr(err, "message", str(err)).splitlines()[0]
-    return IcapnetError(f"{root}: feature data could not be read ({message}); "
+    return IcapnetError(f"{root}: feature data could not be read ({tf_reason(err)}); "
                         "check it with prepare --verify")
 
 

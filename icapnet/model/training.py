@@ -251,10 +251,16 @@ class _Run:
                 shuffle=False,  # each epoch is already shuffled by its own seed
                 verbose=verbose,
             )
-        except tf.errors.DataLossError as err:  # TensorFlow names an offset, not the shard
+        except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as err:
+            # A corrupt record (TensorFlow names an offset, not the shard), or fewer records
+            # than the manifest promised (the datasets' asserted cardinality).
+            if isinstance(err, tf.errors.FailedPreconditionError) and \
+                    "expected to contain" not in err.message:
+                raise
             from icapnet.data.cache_check import corrupt_data_error
 
-            raise corrupt_data_error(self.cache_dir, open_cache(self.cache_dir).manifest,
+            raise corrupt_data_error(self.cache_dir, open_cache(self.cache_dir,
+                                                                check_files=False).manifest,
                                      ("train", "val"), err) from None
         if recorder.state is None:
             raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
