@@ -31,9 +31,10 @@ def run_cli(
         if not is_disk_full(err):
             raise
         # A write outside icapnet.io (TensorFlow's logs, a library's cache): name what we can.
-        where = getattr(err, "filename", None) or "disk"
-        print(f"error: {where}: disk full ({str(err).splitlines()[0] if str(err) else err!r})",
-              file=sys.stderr)
+        reason = str(err).splitlines()[0] if str(err) else repr(err)
+        where = getattr(err, "filename", None)
+        print(f"error: {where}: disk full ({reason})" if where else
+              f"error: disk full: {reason}", file=sys.stderr)
         return 2
     return int(code or 0)
 
