@@ -51,6 +51,14 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
+def temp_of(name: str, pid: int, kind: str = "tmp") -> str:
+    """The temp name a writer with ``pid`` on this host uses for ``name`` (icapnet.io)."""
+    from icapnet.io import temp_prefix
+
+    host = temp_prefix(Path(name)).rsplit("-", 1)[1]
+    return f".{name}.{kind}-{pid}-{host}"
+
+
 def error_line(err: str) -> str:
     """The one ``error: ...`` line a CLI printed (nothing else on stderr but TF's own noise)."""
     lines = [line for line in err.splitlines() if line.strip()]

@@ -12,11 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_tools import dead_pid, edit_json, error_line, flip_byte, keep_records, with_value
+from fault_tools import (
+    dead_pid,
+    edit_json,
+    error_line,
+    flip_byte,
+    keep_records,
+    temp_of,
+    with_value,
+)
 
 from icapnet import evaluate, prepare, train
 from icapnet.errors import IcapnetError, run_cli
-from icapnet.io import temp_prefix
 
 # The tiny model's features (conftest): VGG16, random weights, 112 px -> 7x7 regions.
 FLAGS = ["--weights", "none", "--image-size", "112", "--min-count", "1", "--shard-size", "4",
@@ -105,7 +112,13 @@ def test_flipped_bytes_name_the_shard_and_prepare_rebuilds_only_it(
 
     _assert_rebuilt_exactly(cache, synthetic_scenes_dir, {train_shard.name, test_shard.name},
                             original, capsys)
+    # evaluate works again, and removes what a killed evaluation left half-written
+    stale = [model / f"{temp_of('metrics.json', dead_pid())}-a1b2c3d4",
+             model / f"{temp_of('results_test_beam1.json', dead_pid())}-e5f6g7h8"]
+    for path in stale:
+        path.write_text("[{")
     assert _evaluate(model, cache, "test") == 0
+    assert not any(p.exists() for p in stale)
 
 
 def test_a_rewritten_shard_with_valid_crcs_fails_its_sha256(cache: Path, capsys) -> None:
@@ -216,10 +229,10 @@ def test_prepare_removes_only_stale_temp_files_of_its_cache(
         cache: Path, synthetic_scenes_dir: Path) -> None:
     features = cache / "features"
     dead, alive = dead_pid(), os.getppid()
-    stale = [features / f"{_owned('train-00000.tfrecord', dead)}",
-             cache / f"{_owned('manifest.json', dead)}-k2j4h5g1",
+    stale = [features / temp_of("train-00000.tfrecord", dead),
+             cache / f"{temp_of('manifest.json', dead)}-k2j4h5g1",
              cache / ".captions.json.x1y2z3w4.tmp"]  # a name from before owners were recorded
-    kept = [features / f"{_owned('train-00001.tfrecord', alive)}",  # a live writer's
+    kept = [features / temp_of("train-00001.tfrecord", alive),  # a live writer's
             cache / ".vocab.json.a1b2c3d4.tmp",  # old name, but recent: maybe still written
             cache / ".notes.txt.tmp-1-zz",  # not our pattern
             cache / "notes.txt"]
@@ -231,9 +244,3 @@ def test_prepare_removes_only_stale_temp_files_of_its_cache(
     assert prepare.main(_prepare_args(synthetic_scenes_dir, cache)) == 0
     assert [p for p in stale if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
-
-
-def _owned(name: str, pid: int) -> str:
-    """The temp name a writer with ``pid`` on this host uses for ``name``."""
-    mine = temp_prefix(Path(name))
-    return mine.replace(f"-{os.getpid()}-", f"-{pid}-", 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import tensorflow as tf
-from fault_tools import dead_pid, error_line
+from fault_tools import dead_pid, error_line, temp_of
 
 from icapnet import export, prepare, train
 from icapnet.errors import run_cli
@@ -142,21 +142,15 @@ def test_checkpoint_write_on_a_full_disk_enospc_injected(cache: Path, tmp_path: 
     monkeypatch.setattr(os, "fsync", real_fsync)
 
     # Temp files of a killed writer (dead pid) go; a live writer's stay.
-    dead, alive = _owned_by(dead_pid()), _owned_by(os.getppid())
-    stale = [out / f"{dead('history.csv')}-a1b2c3d4",
-             out / "checkpoints" / f"{dead('epoch-0002.npz')}-z9y8x7w6"]
-    live = out / "checkpoints" / f"{alive('best.npz')}-q1w2e3r4"
+    dead, alive = dead_pid(), os.getppid()
+    stale = [out / f"{temp_of('history.csv', dead)}-a1b2c3d4",
+             out / "checkpoints" / f"{temp_of('epoch-0002.npz', dead)}-z9y8x7w6"]
+    live = out / "checkpoints" / f"{temp_of('best.npz', alive)}-q1w2e3r4"
     for path in [*stale, live]:
         path.write_bytes(b"partial")
     assert run_cli(train.main, ["--cache", str(cache), "--out", str(out), *TRAIN]) == 0
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
     assert [p for p in stale if p.exists()] == [] and live.exists()
-
-
-def _owned_by(pid: int):
-    def name(target: str) -> str:
-        return temp_prefix(Path(target)).replace(f"-{os.getpid()}-", f"-{pid}-", 1)
-    return name
 
 
 @pytest.mark.parametrize("raised,expected", [

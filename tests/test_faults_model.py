@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from fault_tools import edit_json, error_line, with_value
+from fault_tools import dead_pid, edit_json, error_line, temp_of, with_value
 
 from icapnet import caption, export
 from icapnet.config import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH
@@ -172,7 +172,13 @@ def test_decoding_graphs_refuse_huge_lengths_without_allocating(predictor) -> No
 def test_exported_model_refuses_out_of_bounds_requests(model: Path, predictor, tmp_path: Path,
                                                        sample_images: list[Path]) -> None:
     out = tmp_path / "exported"
+    stale = [tmp_path / temp_of("exported", dead_pid()), tmp_path / temp_of("exported",
+                                                                           dead_pid(), "old")]
+    for folder in stale:  # what a killed export leaves (the new and the swapped-out folder)
+        folder.mkdir()
+        (folder / "saved_model.pb").write_bytes(b"partial")
     assert export.main(["--model", str(model), "--out", str(out)]) == 0
+    assert not any(p.exists() for p in stale)
     loaded = tf.saved_model.load(str(out))
     sig = loaded.signatures["caption_with_options"]
     images = tf.constant([sample_images[0].read_bytes()])
