@@ -325,6 +325,6 @@ def feature_settings(features: FeatureConfig) -> dict[str, Any]:
 
 def model_fingerprints(config: Config, vocab_words: list[str]) -> dict[str, Any]:
     """What ``config.json`` records at save time so a swapped vocab or edited feature settings
-    are refused on load (:func:`check_fingerprints`)."""
+    are refused on load (``model.store.load_model_dir``)."""
     return {"vocab": vocab_fingerprint(vocab_words),
             "features": field_fingerprints(feature_settings(config.features))}
