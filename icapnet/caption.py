@@ -38,6 +38,7 @@ from icapnet.errors import require_positive, run_cli
 from icapnet.inference.captioning import (
     ATTENTION_FORMATS,
     caption_files,
+    check_output_dir,
     expand_inputs,
     load_predictor,
 )
@@ -66,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    require_positive(args, "beam", "batch_size", optional=("max_length",))
+    require_positive(args, "batch_size")
+    cli.check_decoding_flags(args)
+    if args.attention_dir is not None:
+        check_output_dir(args.attention_dir, "--attention-dir")
     model_dir = resolve_model(args.model)
     note = cli.synthetic_note(model_dir, load_config(model_dir))
     if note:
@@ -80,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.start()
     from tqdm.auto import tqdm
 
+    from icapnet.inference.decoding import check_decoding
+
     predictor = load_predictor(model_dir, args.feature_weights)
+    check_decoding(args.beam, args.max_length or predictor.max_length, len(predictor.vocab),
+                   "--beam", "--max-length")
     single = len(paths) == 1 and not errors
     failed = bool(errors)
     records = caption_files(predictor, paths, beam_size=args.beam, max_length=args.max_length,

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from icapnet.config import CHOICES, DEFAULT_BEAM, Config
+from icapnet.config import CHOICES, DEFAULT_BEAM, MAX_BEAM_SIZE, MAX_CAPTION_LENGTH, Config
+from icapnet.errors import IcapnetError
 from icapnet.model.store import DEFAULT_MODELS_DIR
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
@@ -76,9 +77,10 @@ def add_decoding_flags(parser: argparse.ArgumentParser,
     """``--beam K``, ``--max-length N`` and, where the command offers them,
     ``--length-penalty ALPHA`` and ``--feature-weights W``."""
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, metavar="K",
-                        help=f"{beam_help} (default: {DEFAULT_BEAM})")
+                        help=f"{beam_help} (default: {DEFAULT_BEAM}; at most {MAX_BEAM_SIZE})")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
-                        help="longest caption in tokens (default: the model's max_length)")
+                        help="longest caption in tokens (default: the model's max_length; "
+                        f"at most {MAX_CAPTION_LENGTH})")
     if length_penalty:
         parser.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
                             help="GNMT length penalty for beam search (0 = plain log-prob sum)")
@@ -86,6 +88,16 @@ def add_decoding_flags(parser: argparse.ArgumentParser,
         parser.add_argument("--feature-weights", default=None,
                             help="backbone weights instead of the ones recorded in the model's "
                             "config (imagenet | none | a local .h5 file)")
+
+
+def check_decoding_flags(args: argparse.Namespace) -> None:
+    """``--beam`` and ``--max-length`` within their bounds, before TensorFlow loads (the
+    model's vocabulary is checked once it is loaded: ``inference.decoding.check_decoding``)."""
+    if not 1 <= args.beam <= MAX_BEAM_SIZE:
+        raise IcapnetError(f"--beam {args.beam}: must be from 1 to {MAX_BEAM_SIZE}")
+    if args.max_length is not None and not 1 <= args.max_length <= MAX_CAPTION_LENGTH:
+        raise IcapnetError(f"--max-length {args.max_length}: must be from 1 to "
+                           f"{MAX_CAPTION_LENGTH}")
 
 
 def flag(name: str) -> str:

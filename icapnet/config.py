@@ -10,14 +10,16 @@ default changes in exactly one place. Named recipes that change several defaults
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
-from icapnet.layout import CONFIG_FILE
+from icapnet.layout import CONFIG_FILE, read_json
 
 # Recipe of the random ("none") backbone: seeded He-normal, first kernel scaled to unit-RMS
 # output. Configs saved before the recipe was recorded used plain He-normal (LEGACY_...).
@@ -44,6 +46,12 @@ DEFAULT_BEAM = 3
 def _help(text: str) -> dict[str, str]:
     """Field metadata: the sentence ``--help`` shows for the field's flag."""
     return {"help": text}
+
+# Bounds of decoding everywhere (CLIs, Predictor, web API, the exported graph): the decoder's
+# buffers grow with both, and a caption of 100 tokens is already far past any real one.
+MAX_CAPTION_LENGTH = 100
+MAX_BEAM_SIZE = 50
+MAX_IMAGE_SIZE = 2048  # backbone input side; the Predictor resizes every photo to it
 
 
 @dataclass
@@ -212,6 +220,7 @@ class Config:
         if t.fine_tune_epochs and not t.fine_tune_from:
             raise IcapnetError("--fine-tune-epochs: needs --fine-tune-from LAYER "
                                "(e.g. block5_conv1)")
+        _check_limits(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
@@ -227,23 +236,19 @@ class Config:
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, fingerprints: dict[str, Any] | None = None) -> Path:
+        """Write config.json; ``fingerprints`` (:func:`model_fingerprints`) go in with it."""
         path = Path(directory) / CONFIG_FILE
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        data = self.to_dict()
+        if fingerprints is not None:
+            data[FINGERPRINTS] = fingerprints
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
     def load(cls, directory_or_file: str | Path) -> Config:
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(raw)
+        """A saved config, checked field by field (an IcapnetError names the file and field)."""
+        return load_config_file(directory_or_file)[0]
 
 
 def _flag(name: str) -> str:
@@ -261,3 +266,130 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "data": DataConfig,
 }
+
+
+# --------------------------------------------------------------------------- config files
+
+FINGERPRINTS = "fingerprints"  # the config.json key (not a section: derived, never set)
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+               "None": (type(None),)}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string",
+               "bool": "true or false", "None": "null"}
+
+
+def load_config_file(directory_or_file: str | Path) -> tuple[Config, dict[str, Any]]:
+    """(Config, recorded fingerprints or {}) of a config.json, validated on the way in.
+
+    Every problem is one IcapnetError naming the file and the field: not a JSON object,
+    unknown sections or keys, a value of the wrong type (``"units": "abc"``), a value out of
+    range, sections that disagree (``model.num_regions`` vs ``features.num_regions``).
+    """
+    path = Path(directory_or_file)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.is_file():
+        raise IcapnetError(f"{path}: config file not found")
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise IcapnetError(f"{path}: expected a JSON object with the sections "
+                           f"{', '.join(_SECTION_TYPES)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_SECTION_TYPES) - {FINGERPRINTS})
+    if unknown:
+        raise IcapnetError(f"{path}: unknown section {unknown[0]!r} (expected "
+                           f"{', '.join(_SECTION_TYPES)})")
+    for name, section_cls in _SECTION_TYPES.items():
+        _check_section(path, name, raw.get(name, {}), section_cls)
+    fingerprints = raw.get(FINGERPRINTS) or {}
+    if not isinstance(fingerprints, dict):
+        raise IcapnetError(f"{path}: {FINGERPRINTS}: expected an object")
+    config = Config.from_dict({k: v for k, v in raw.items() if k != FINGERPRINTS})
+    try:
+        config.validate()
+    except IcapnetError as err:  # its messages name flags; a file's name its fields
+        raise IcapnetError(f"{path}: {_field_of_flag(str(err))}") from None
+    f, m = config.features, config.model
+    for name in ("num_regions", "feature_dim"):
+        if getattr(f, name) != getattr(m, name):
+            raise IcapnetError(f"{path}: model.{name} {getattr(m, name)} differs from "
+                               f"features.{name} {getattr(f, name)}")
+    return config, fingerprints
+
+
+def _check_section(path: Path, name: str, values: Any, section_cls: type) -> None:
+    if not isinstance(values, dict):
+        raise IcapnetError(f"{path}: {name}: expected an object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise IcapnetError(f"{path}: {name}.{key}: unknown setting")
+        kinds = [k.strip() for k in str(fields[key].type).split("|")]
+        if any(k not in _JSON_TYPES for k in kinds):
+            continue  # a type JSON cannot check here
+        allowed = tuple(t for k in kinds for t in _JSON_TYPES[k])
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            want = " or ".join(_TYPE_WORDS[k] for k in kinds)
+            raise IcapnetError(f"{path}: {name}.{key}: expected {want}, got {value!r:.40}")
+
+
+def _field_of_flag(message: str) -> str:
+    """``--units: must be >= 1`` -> ``model.units: must be >= 1`` (the field of the flag)."""
+    match = re.match(r"--([a-z0-9-]+)(.*)", message, re.S)
+    if not match:
+        return message
+    name = match[1].replace("-", "_")
+    for section, section_cls in _SECTION_TYPES.items():
+        if name in {f.name for f in dataclasses.fields(section_cls)}:
+            return f"{section}.{name}{match[2]}"
+    return message
+
+
+def _check_limits(config: Config) -> None:
+    """Bounds that keep decoding and feature extraction from exhausting memory."""
+    m, f = config.model, config.features
+    if m.max_length > MAX_CAPTION_LENGTH:
+        raise IcapnetError(f"--max-length: must be <= {MAX_CAPTION_LENGTH}, got {m.max_length}")
+    if not 1 <= f.image_size <= MAX_IMAGE_SIZE:
+        raise IcapnetError(f"--image-size: must be in [1, {MAX_IMAGE_SIZE}], got {f.image_size}")
+    for name in ("num_regions", "feature_dim"):
+        _at_least(name, getattr(f, name), 1)
+        _at_least(name, getattr(m, name), 1)
+    _at_least("vocab_size", m.vocab_size, 0)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def field_fingerprints(values: dict[str, Any]) -> dict[str, str]:
+    """A short sha256 per value: which one changed can be named, not only that one did."""
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+            for k, v in values.items()}
+
+
+def changed_fields(current: dict[str, str], recorded: dict[str, Any]) -> list[str]:
+    """Recorded names whose value changed or vanished. Names recorded by nobody (a setting
+    newer than the file) are not compared."""
+    return [k for k in recorded if current.get(k) != recorded[k]]
+
+
+def vocab_fingerprint(words: list[str]) -> str:
+    """sha256 of the word list in order: another order is another vocabulary."""
+    return hashlib.sha256(json.dumps(list(words)).encode("utf-8")).hexdigest()
+
+
+def feature_settings(features: FeatureConfig) -> dict[str, Any]:
+    """What a model's input features depend on. ``weights`` by kind only: unpacking a
+    package rewrites a local weights path, and the file is checked when loaded."""
+    text = str(features.weights or "").strip().lower()
+    kind = text if text in {"imagenet", "none"} else ("none" if not text else "file")
+    settings = dataclasses.asdict(features)
+    settings["weights"] = kind
+    if kind != "none":
+        settings.pop("random_init", None)
+    return settings
+
+
+def model_fingerprints(config: Config, vocab_words: list[str]) -> dict[str, Any]:
+    """What ``config.json`` records at save time so a swapped vocab or edited feature settings
+    are refused on load (``model.store.load_model_dir``)."""
+    return {"vocab": vocab_fingerprint(vocab_words),
+            "features": field_fingerprints(feature_settings(config.features))}

@@ -43,15 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    require_positive(args, "beam", "batch_size", optional=("max_length",))
+    require_positive(args, "batch_size")
+    cli.check_decoding_flags(args)
     model_dir = resolve_model(args.model)
     cache_dir = resolve_cache(model_dir, load_config(model_dir), args.cache)
 
     cli.start()
+    from icapnet.inference.decoding import check_decoding
     from icapnet.inference.metrics import format_table
     from icapnet.model.store import load_model_dir
 
     model, vocab, config = load_model_dir(model_dir)
+    check_decoding(args.beam, args.max_length or config.model.max_length, len(vocab), "--beam",
+                   "--max-length")
     print(cli.trained_on(config), flush=True)
     done = evaluate_split(model, vocab, config, model_dir, cache_dir, args.split, args.beam,
                           args.max_length, args.length_penalty, args.batch_size,

@@ -17,6 +17,8 @@ Outputs: ``captions`` [N] string, ``words`` [N, T] string ("" after the last wor
 [N, T, grid, grid] float32 (zeros where ``words`` is ""). A batch with a file that is not an
 image fails as a whole (InvalidArgumentError); EXIF rotation is not applied (the Python path
 applies it).
+``beam_size`` above 50 (or above the tokens the model can write) and ``max_length`` above
+100 fail the same way, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -49,8 +51,14 @@ def build_serving_module(
     """A ``tf.Module`` with ``caption(images, beam_size, max_length)`` (see module doc)."""
     import tensorflow as tf
 
+    from icapnet.config import MAX_CAPTION_LENGTH
     from icapnet.data.text import Vocabulary
-    from icapnet.inference.decoding import beam_graph, greedy_graph
+    from icapnet.inference.decoding import (
+        assert_at_most,
+        beam_graph,
+        greedy_graph,
+        max_beam_size,
+    )
     from icapnet.model.backbone import resize_images
 
     regions = int(extractor.output.shape[1])
@@ -59,6 +67,7 @@ def build_serving_module(
         raise IcapnetError(f"{extractor.name}: {regions} regions do not form a square grid")
     size = int(image_size)
     alpha = float(length_penalty)
+    beam_limit = max_beam_size(len(words))
     end_id, pad_id = Vocabulary.end_id, Vocabulary.pad_id
 
     def decode_one(data: tf.Tensor) -> tf.Tensor:
@@ -101,6 +110,9 @@ def build_serving_module(
         def caption_with_options(
             self, images: tf.Tensor, beam_size: tf.Tensor, max_length: tf.Tensor
         ) -> dict[str, tf.Tensor]:
+            # Out-of-bounds requests fail as InvalidArgumentError (the process lives on).
+            beam_size = assert_at_most(beam_size, beam_limit, "beam_size")
+            max_length = assert_at_most(max_length, MAX_CAPTION_LENGTH, "max_length")
             pixels = tf.map_fn(
                 decode_one, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)
             )
@@ -167,14 +179,12 @@ def export_saved_model(
     """Export ``model_dir`` to ``out_dir`` (written atomically)."""
     import tensorflow as tf
 
+    from icapnet.inference.decoding import check_decoding
     from icapnet.inference.predictor import Predictor
-    from icapnet.io import atomic_path
+    from icapnet.io import atomic_path, remove_stale_temps
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if beam_size < 1:
-        raise IcapnetError(f"--beam {beam_size}: beam size must be at least 1")
-    if max_length is not None and max_length < 1:
-        raise IcapnetError(f"--max-length {max_length}: must be at least 1")
+    check_decoding(beam_size, max_length or 1, None, "--beam", "--max-length")
     if out_dir.resolve() == model_dir.resolve():
         raise IcapnetError(f"{out_dir}: choose an export folder other than the model directory")
     if out_dir.exists() and not out_dir.is_dir():
@@ -183,6 +193,7 @@ def export_saved_model(
     predictor = Predictor.from_dir(model_dir, feature_weights)
     config = predictor.config
     length = int(max_length or config.model.max_length)
+    check_decoding(beam_size, length, len(predictor.vocab), "--beam", "--max-length")
     _log("building the serving graph (backbone + decoder + vocabulary)")
     module = build_serving_module(
         predictor.model,
@@ -207,6 +218,7 @@ def export_saved_model(
         "config": config.to_dict(),
     }
     _log(f"saving SavedModel to {out_dir}")
+    remove_stale_temps(out_dir.parent, targets=[out_dir.name])  # of a killed export
     with atomic_path(out_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"
@@ -233,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.check_decoding_flags(args)
     model_dir = resolve_model(args.model)
     cli.start()
     out = export_saved_model(

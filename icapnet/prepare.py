@@ -1,8 +1,10 @@
 """``python -m icapnet.prepare``: build the vocabulary and the CNN feature cache for a dataset.
 
 Runs every image once through the frozen backbone so training only reads float16 features.
-Re-running with the same flags resumes an interrupted build; other settings on an existing
-cache are an error (use a new ``--out``).
+Re-running with the same flags resumes an interrupted build and rebuilds any shard that no
+longer reads back as written; other settings on an existing cache are an error (use a new
+``--out``). ``--verify --out CACHE`` only checks a cache (see :func:`verify`), exit 1 when
+something is damaged.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from icapnet import cli
 from icapnet.config import DataConfig, FeatureConfig
 from icapnet.data.datasets import DATASETS
 from icapnet.data.splits import SPLIT_CHOICES
-from icapnet.errors import require_positive, run_cli
+from icapnet.errors import IcapnetError, require_positive, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,9 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.prepare",
         description="Build the vocabulary and the float16 feature cache for a caption dataset.",
     )
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data-dir", required=True, help="folder holding the dataset")
+    p.add_argument("--dataset", choices=DATASETS, help="required unless --verify")
+    p.add_argument("--data-dir", help="folder holding the dataset (required unless --verify)")
     p.add_argument("--out", required=True, help="feature cache folder to create or resume")
+    p.add_argument("--verify", action="store_true",
+                   help="only check the cache at --out: manifest, every record of every shard "
+                   "(CRCs, counts, image ids, sha256) and, with --dataset/--data-dir, that the "
+                   "source images are unchanged; exit 1 if anything is damaged")
     p.add_argument("--weights", default=feat.weights,
                    help="backbone weights: imagenet, none (random, tests) or a local .h5 file")
     p.add_argument("--backbone", default=feat.backbone,
@@ -59,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        return verify(args)
+    for name in ("dataset", "data_dir"):
+        if getattr(args, name) is None:
+            parser.error(f"the following arguments are required: --{name.replace('_', '-')}")
     require_positive(args, optional=("min_count", "max_vocab", "batch_size", "shard_size",
                                      "limit", "image_size"))
     cli.start(log_info=True)
@@ -77,6 +90,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                           batch_size=args.batch_size, shard_size=args.shard_size,
                           workers=args.workers, progress=not args.quiet)
     print(describe_cache(cache, data_cfg, seconds=time.time() - started))
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """``--verify``: report every damaged file as ``error: PATH: problem``; change nothing."""
+    if not Path(args.out).is_dir():
+        raise IcapnetError(f"{args.out}: feature cache not found")
+    if bool(args.dataset) != bool(args.data_dir):
+        raise IcapnetError("--verify: give both --dataset and --data-dir (to check the source "
+                           "images too) or neither")
+    cli.start()
+    from icapnet.data.cache_check import verify_cache
+
+    sources = None
+    if args.dataset:
+        from icapnet.data.datasets import load_dataset
+
+        sources = load_dataset(args.dataset, args.data_dir, seed=args.seed, split=args.split,
+                               images_dir=args.images_dir, json_file=args.json_file).images
+    manifest, problems = verify_cache(args.out, sources)
+    for where, problem in problems:
+        print(f"error: {where}: {problem}", file=sys.stderr)
+    shards, images = len(manifest["shards"]), len(manifest["images"])
+    if problems:
+        print(f"{args.out}: {len(problems)} problem(s) in {shards} shards; re-run prepare "
+              "with the same flags (without --verify) to rebuild what is damaged",
+              file=sys.stderr)
+        return 1
+    hashed = sum(1 for info in manifest["shards"].values() if info.get("sha256"))
+    checked = ("manifest, vocabulary, captions, every record (CRC, image id, size), counts, "
+               + ("sha256" if hashed == shards else f"sha256 of {hashed} (older shards have "
+                  "none recorded)"))
+    print(f"feature cache: {args.out}: OK ({shards} shards, {images} images; {checked}"
+          f"{', source images' if sources is not None else ''})")
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from icapnet import cli
-from icapnet.config import DEFAULT_BEAM
+from icapnet.config import DEFAULT_BEAM, MAX_BEAM_SIZE
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model.store import resolve_model
 from icapnet.web.app import DEFAULT_MAX_BEAM_SIZE
@@ -60,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.max_upload_mb <= 1024:
         raise IcapnetError(f"--max-upload-mb: must be in (0, 1024], got {args.max_upload_mb}")
-    if not 1 <= args.max_beam_size <= 100:
-        raise IcapnetError(f"--max-beam-size: must be from 1 to 100, got {args.max_beam_size}")
+    if not 1 <= args.max_beam_size <= MAX_BEAM_SIZE:
+        raise IcapnetError(f"--max-beam-size: must be from 1 to {MAX_BEAM_SIZE}, "
+                           f"got {args.max_beam_size}")
     if not 0 <= args.port <= 65535:
         raise IcapnetError(f"--port: must be from 0 to 65535, got {args.port}")
     model_dir = resolve_model(args.model)
@@ -72,11 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.start()
     import uvicorn
 
+    from icapnet.inference.decoding import max_beam_size
     from icapnet.inference.predictor import Predictor
     from icapnet.web.app import create_app
 
     print(f"loading model {model_dir} ...", file=sys.stderr, flush=True)
     predictor = Predictor.from_dir(model_dir, feature_weights=args.feature_weights)
+    # A request may not ask for more hypotheses than the model has tokens to write.
+    args.max_beam_size = min(args.max_beam_size, max_beam_size(len(predictor.vocab)))
     if not args.no_warmup:  # trace the greedy and the beam graphs the page uses
         from icapnet.data.images import load_image_bytes
 

@@ -267,7 +267,8 @@ def test_cache_from_an_older_random_backbone_is_refused(cache_dir, dataset, tmp_
     old = tmp_path / "old"
     shutil.copytree(cache_dir, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["random_init"]  # caches written before the recipe was recorded
+    # Caches written before the recipe was recorded (and before settings had fingerprints).
+    del manifest["random_init"], manifest["fingerprints"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IcapnetError, match=r"random_init=None \(requested 'he-normal\+unit-rms'"):
         CB.build_cache(dataset, old, CFG, DATA, progress=False)

@@ -71,7 +71,9 @@ def write_cache(root: Path, n_train: int = 24, n_val: int = 6,
             if split == "val" and val_unknown_words:
                 captions[split][image_id] = ["zebra okapi gnu yak", "yak gnu"]
             manifest["images"][image_id] = {"split": split, "shard": shard, "sha1": "0"}
-        manifest["shards"][shard] = {"split": split, "count": count, "written": ids}
+        manifest["shards"][shard] = {"split": split, "count": count, "written": ids,
+                                     "images": ids,
+                                     "bytes": (root / "features" / shard).stat().st_size}
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "captions.json").write_text(json.dumps(captions))
     train_caps = [c for caps in captions["train"].values() for c in caps]

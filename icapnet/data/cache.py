@@ -3,8 +3,9 @@
 A cache is what ``prepare`` leaves (``data/cache_build.py``): float16 region features in
 TFRecord shards plus a manifest, the vocabulary and the captions (file names in
 :mod:`icapnet.layout`). Training and evaluation only ever read it through
-:func:`open_cache`, so checks on a cache (completeness today; record counts and checksums
-later) live in one place.
+:func:`open_cache`, so the checks on a cache happen in one place: the manifest's schema and
+fingerprints, record counts and each shard's size on disk (``data/cache_check.py``; a shard
+that fails to read names itself).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from icapnet.config import DataConfig
+from icapnet.data.cache_check import (
+    CACHE_DTYPE,
+    check_shard_files,
+    tf_reason,
+    validate_manifest,
+)
 from icapnet.data.splits import SPLITS
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
@@ -29,9 +36,6 @@ from icapnet.layout import (
     VOCAB_FILE,
     read_json,
 )
-
-CACHE_DTYPE = "float16"
-CACHE_VERSION = 1
 
 
 def serialize_record(image_id: str, features: np.ndarray) -> bytes:
@@ -138,30 +142,41 @@ class FeatureCache:
 
     def _read_shard(self, path: Path) -> Iterator[tuple[str, np.ndarray]]:
         if not path.is_file():
-            raise IcapnetError(f"{path}: feature shard missing; rebuild the cache")
+            raise IcapnetError(f"{path}: feature shard missing; re-run prepare to rebuild it")
         shape = self.feature_shape
+        expected = self.manifest["shards"][path.name]["count"]
+        count = 0
         try:
             for raw in tf.data.TFRecordDataset(str(path)):
                 example = tf.train.Example.FromString(raw.numpy())
                 fields = example.features.feature
                 image_id = fields["image_id"].bytes_list.value[0].decode()
                 data = fields["features"].bytes_list.value[0]
+                count += 1
                 yield image_id, np.frombuffer(data, dtype="<f2").reshape(shape)
         except tf.errors.DataLossError as err:
-            raise IcapnetError(f"{path}: corrupt feature shard ({err.message})") from None
+            raise IcapnetError(f"{path}: corrupt feature shard ({tf_reason(err)}); re-run "
+                               "prepare to rebuild it") from None
+        if count != expected:
+            raise IcapnetError(f"{path}: {count} records, the manifest records {expected}; "
+                               "re-run prepare to rebuild it")
 
 
-def open_cache(cache_dir: str | Path, require_complete: bool = True) -> FeatureCache:
-    """Open a cache ``prepare`` built; an incomplete one is an error unless asked for."""
+def open_cache(cache_dir: str | Path, require_complete: bool = True,
+               check_files: bool = True) -> FeatureCache:
+    """Open a cache ``prepare`` built; an incomplete one is an error unless asked for.
+
+    The manifest is validated and (``check_files``) every shard must have its recorded size.
+    """
     root = Path(cache_dir)
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise IcapnetError(f"{root}: not a feature cache (no {MANIFEST_FILE}); run prepare")
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or "shards" not in manifest:
-        raise IcapnetError(f"{path}: not an icapnet feature-cache manifest")
+    manifest = validate_manifest(read_json(path), path)
     if require_complete and not manifest.get("complete"):
         raise IcapnetError(f"{root}: feature cache is incomplete; re-run prepare to finish it")
+    if check_files:
+        check_shard_files(root, manifest)
     return FeatureCache(root, manifest)
 
 

@@ -2,9 +2,10 @@
 
 Images are decoded in a thread pool while the CNN runs; features are streamed into float16
 TFRecord shards (one shard at a time, each written atomically and recorded in the manifest
-right after), so a killed build continues where it stopped. What the features depend on
-(``cache_settings``) is recorded and checked: a cache is never silently reused for other
-settings.
+right after, with its record count, size and sha256), so a killed build continues where it
+stopped. What the features depend on (``cache_settings``) is recorded and checked: a cache is
+never silently reused for other settings. Before a finished shard is reused it is verified
+(``data/cache_check.py``: sha256, every record's CRC, count, ids); a damaged one is rebuilt.
 
 (About 400 lines: planning shards, reusing finished ones, decoding, extracting and recording
 them all read and write the one manifest, so they stay together; the read side is
@@ -14,7 +15,6 @@ them all read and write the one manifest, so they stay together; the read side i
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,18 +34,20 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from icapnet.config import RANDOM_BACKBONE, DataConfig, FeatureConfig
-from icapnet.data.cache import (
+from icapnet.data.cache import FeatureCache, open_cache, serialize_record
+from icapnet.data.cache_check import (
     CACHE_DTYPE,
     CACHE_VERSION,
-    FeatureCache,
-    open_cache,
-    serialize_record,
+    file_sha256,
+    settings_fingerprints,
+    validate_manifest,
+    verify_shard,
 )
 from icapnet.data.images import load_image_bytes
 from icapnet.data.splits import SPLITS
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
-from icapnet.io import atomic_path, atomic_write_text
+from icapnet.io import atomic_path, atomic_write_text, remove_stale_temps
 from icapnet.layout import (
     CACHE_BOXES_FILE,
     CACHE_CAPTIONS_FILE,
@@ -118,6 +120,9 @@ def build_cache(
     """
     data_cfg = data_cfg or DataConfig()
     root = Path(cache_dir)
+    # Temp files of killed runs (only those of the cache's own files: --out may be any folder).
+    remove_stale_temps(root, targets=(MANIFEST_FILE, VOCAB_FILE, CACHE_CAPTIONS_FILE,
+                                      CACHE_BOXES_FILE))
     settings = cache_settings(feature_cfg)
     plan = _plan(dataset, shard_size)
     old = _existing_manifest(root, settings, dataset.name)
@@ -140,13 +145,11 @@ def build_cache(
             todo.append(name)
 
     if old and todo:
-        log.info("%s: resuming, %d of %d shards already done", root, len(plan) - len(todo),
-                 len(plan))
+        log.info("%s: %d of %d shards done and intact, extracting the rest", root,
+                 len(plan) - len(todo), len(plan))
     features_dir = root / FEATURES_DIR
     features_dir.mkdir(parents=True, exist_ok=True)
-    for stale in features_dir.glob(".*.tmp-*"):  # temp shards of a killed run
-        with contextlib.suppress(OSError):
-            os.unlink(stale)
+    remove_stale_temps(features_dir)  # shards a killed run was writing
 
     if todo:
         if extractor is None:
@@ -194,9 +197,7 @@ def _existing_manifest(root: Path, settings: dict[str, Any], dataset: str) -> di
         if root.exists() and not root.is_dir():
             raise IcapnetError(f"{root}: exists and is not a folder")
         return None
-    old = read_json(path)
-    if not isinstance(old, dict) or "shards" not in old:
-        raise IcapnetError(f"{path}: not an icapnet feature-cache manifest")
+    old = validate_manifest(read_json(path), path)
     wanted = {**settings, "dataset": dataset}
     diffs = [f"{k}={old.get(k)!r} (requested {v!r})" for k, v in wanted.items() if old.get(k) != v]
     if old.get("weights_sha1") and "weights_sha1" not in settings:
@@ -208,20 +209,24 @@ def _existing_manifest(root: Path, settings: dict[str, Any], dataset: str) -> di
 
 
 def _reusable(root: Path, old: dict, name: str, shard: dict, dataset: CaptionDataset) -> bool:
-    """A finished shard is kept if it holds the same images with unchanged file contents."""
+    """A finished shard is kept if it holds the same images with unchanged file contents and
+    reads back as written (a damaged one is logged and rebuilt)."""
     info = old["shards"].get(name)
     if not info or info["split"] != shard["split"] or info["images"] != shard["images"]:
-        return False
-    path = root / FEATURES_DIR / name
-    if not path.is_file() or path.stat().st_size != info["bytes"]:
         return False
     for image_id in info["written"]:
         file = dataset.images.get(image_id)
         try:
             if file is None or _sha1_file(file) != old["images"][image_id]["sha1"]:
+                log.info("%s: source image %s changed; rebuilding the shard", name, image_id)
                 return False
         except (OSError, KeyError):
             return False
+    path = root / FEATURES_DIR / name
+    problem = verify_shard(path, info, old["feature_shape"])
+    if problem:
+        log.warning("%s: %s; rebuilding it", path, problem)
+        return False
     return True
 
 
@@ -235,6 +240,8 @@ def _record_shard(manifest: dict, name: str, info: dict, sha1s: dict[str, str],
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
+    if manifest.get("feature_shape") is not None:
+        manifest["fingerprints"] = settings_fingerprints(manifest)
     atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
@@ -332,7 +339,8 @@ class _Extractor:
                 bar.update(min(self.batch_size, len(ids) - start))
             writer.flush()
         info = {"split": shard["split"], "images": shard["images"], "written": written,
-                "count": len(written), "bytes": path.stat().st_size}
+                "count": len(written), "bytes": path.stat().st_size,
+                "sha256": file_sha256(path)}
         _record_shard(manifest, name, info, sha1s, skipped)
         _write_manifest(root, manifest)
 

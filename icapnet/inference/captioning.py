@@ -9,6 +9,7 @@ over the photo) and the ``.npz`` with the raw maps.
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,6 +55,21 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
                 errors.append(f"{item}: no image files match this pattern")
             paths.extend(found)
     return paths, errors
+
+
+def check_output_dir(path: Path, flag: str) -> Path:
+    """A folder outputs can go in (created if missing); anything else is one line naming it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IcapnetError(f"{path}: {flag} names an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise IcapnetError(f"{path}: {flag}: cannot create the folder "
+                           f"({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise IcapnetError(f"{path}: {flag}: folder is not writable")
+    return path
 
 
 def load_predictor(model_dir: Path, feature_weights: str | None = None) -> Any:
@@ -138,5 +154,5 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-__all__ = ["ATTENTION_FORMATS", "caption_files", "expand_inputs", "load_predictor",
-           "write_attention"]
+__all__ = ["ATTENTION_FORMATS", "caption_files", "check_output_dir", "expand_inputs",
+           "load_predictor", "write_attention"]

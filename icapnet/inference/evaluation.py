@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from icapnet.config import Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
-from icapnet.io import atomic_write_text
+from icapnet.io import atomic_write_text, remove_stale_temps
 from icapnet.layout import METRICS_FILE, read_metrics, results_file
 
 if TYPE_CHECKING:
@@ -129,24 +129,41 @@ def evaluate_split(
 ) -> Evaluation:
     """Caption ``split`` once, score it, write ``results_{split}_beam{k}.json`` and merge the
     scores into ``metrics.json``; ``on_result(image_id, result)`` sees every caption."""
-    from icapnet.data.cache import open_cache
-    from icapnet.inference import metrics
+    import tensorflow as tf
 
+    from icapnet.data.cache import open_cache
+    from icapnet.data.cache_check import corrupt_data_error
+    from icapnet.inference import metrics
+    from icapnet.inference.decoding import check_decoding
+
+    remove_stale_temps(model_dir)  # results / metrics a killed evaluation was writing
     cache = open_cache(cache_dir)
     references = cache.captions.get(split) or {}
     if split not in cache.splits or not references:
         raise IcapnetError(f"{cache_dir}: no '{split}' images with captions in the cache "
                            f"(splits: {', '.join(cache.splits) or 'none'})")
     _check_backbone(cache_dir, cache.manifest, config)
+    if tuple(cache.feature_shape) != (config.model.num_regions, config.model.feature_dim):
+        raise IcapnetError(f"{cache_dir}: features are {cache.feature_shape[0]}x"
+                           f"{cache.feature_shape[1]}, the model takes {config.model.num_regions}"
+                           f"x{config.model.feature_dim} (another backbone or layer)")
     max_length = max_length or int(config.model.max_length)
+    check_decoding(beam, max_length, len(vocab))
 
     start = time.perf_counter()
     captions: dict[str, str] = {}
-    for image_id, result in decode_split(model, vocab, cache_dir, split, beam, max_length,
-                                         length_penalty, batch_size):
-        captions[image_id] = result.caption
-        if on_result is not None:
-            on_result(image_id, result)
+    try:
+        for image_id, result in decode_split(model, vocab, cache_dir, split, beam, max_length,
+                                             length_penalty, batch_size):
+            captions[image_id] = result.caption
+            if on_result is not None:
+                on_result(image_id, result)
+    except tf.errors.DataLossError as err:  # TensorFlow names an offset, not the shard
+        raise corrupt_data_error(cache_dir, cache.manifest, [split], err) from None
+    if len(captions) != cache.num_images(split):  # never score a part of the split
+        raise corrupt_data_error(cache_dir, cache.manifest, [split], IcapnetError(
+            f"read {len(captions)} '{split}' images, the manifest lists "
+            f"{cache.num_images(split)}"))
     seconds = time.perf_counter() - start
     scored = {i: c for i, c in captions.items() if references.get(i)}
     if len(scored) < len(captions):

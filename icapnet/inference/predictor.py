@@ -27,6 +27,7 @@ from icapnet.inference.decoding import (
     BeamCandidates,
     DecodeResult,
     beam_candidates,
+    check_decoding,
     decode,
 )
 
@@ -146,11 +147,9 @@ class Predictor:
         return int(self.config.model.max_length)
 
     def _check(self, beam_size: int, max_length: int | None) -> int:
-        if int(beam_size) < 1:
-            raise IcapnetError(f"beam size {beam_size}: must be at least 1")
+        """The length to decode with; beam and length out of bounds are an IcapnetError."""
         length = self.max_length if max_length is None else int(max_length)
-        if length < 1:
-            raise IcapnetError(f"max length {length}: must be at least 1")
+        check_decoding(beam_size, length, len(self.vocab))
         return length
 
     def decode_features(

@@ -17,7 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icapnet.config import Config
+from icapnet.config import (
+    Config,
+    changed_fields,
+    feature_settings,
+    field_fingerprints,
+    load_config_file,
+    model_fingerprints,
+    vocab_fingerprint,
+)
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path
@@ -76,7 +84,7 @@ def save_model_dir(model_dir: str | Path, model: Any, vocab: Vocabulary, config:
     vocab.save(model_dir / VOCAB_FILE)
     with atomic_path(model_dir / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
-    config.save(model_dir)
+    config.save(model_dir, fingerprints=model_fingerprints(config, vocab.words))
     return model_dir
 
 
@@ -90,6 +98,12 @@ def build_captioner(config: Config) -> Captioner:
 
 def load_config(model_dir: str | Path) -> Config:
     """config.json of a model directory; a broken one is an IcapnetError naming it."""
+    return _load_config(model_dir)[0]
+
+
+def _load_config(model_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    """(config, fingerprints), with the feature settings checked against their fingerprints:
+    features from another backbone, layer or image size give confident nonsense."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise IcapnetError(f"{model_dir}: model directory not found")
@@ -97,15 +111,24 @@ def load_config(model_dir: str | Path) -> Config:
     if not config_path.is_file():
         raise IcapnetError(f"{model_dir}: not a model directory (no {CONFIG_FILE})")
     try:
-        return Config.load(config_path)
+        config, fingerprints = load_config_file(config_path)
     except (ValueError, TypeError) as err:
         raise IcapnetError(f"{config_path}: invalid model config ({err})") from err
+    recorded = fingerprints.get("features")
+    if isinstance(recorded, dict):
+        settings = feature_settings(config.features)
+        changed = changed_fields(field_fingerprints(settings), recorded)
+        if changed:
+            raise IcapnetError(
+                f"{config_path}: features.{changed[0]} {settings.get(changed[0])!r} is not the "
+                "value the model was trained with (its fingerprint differs); restore it")
+    return config, fingerprints
 
 
 def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config]:
     """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError."""
     model_dir = Path(model_dir)
-    config = load_config(model_dir)
+    config, fingerprints = _load_config(model_dir)
     vocab_path = model_dir / VOCAB_FILE
     if not vocab_path.is_file():
         raise IcapnetError(f"{vocab_path}: vocabulary file not found")
@@ -113,6 +136,10 @@ def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config
     if config.model.vocab_size != len(vocab):
         raise IcapnetError(f"{vocab_path}: has {len(vocab)} words but the model expects "
                            f"{config.model.vocab_size}")
+    if fingerprints.get("vocab") not in (None, vocab_fingerprint(vocab.words)):
+        raise IcapnetError(f"{vocab_path}: not the vocabulary the model was trained with "
+                           "(same size, other words or order: its fingerprint in "
+                           f"{CONFIG_FILE} differs)")
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise IcapnetError(f"{weights}: model weights not found")

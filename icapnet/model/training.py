@@ -37,6 +37,7 @@ import tensorflow as tf
 from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, STRATEGIES, Config
 from icapnet.data.cache import open_cache
 from icapnet.errors import IcapnetError
+from icapnet.io import remove_stale_temps
 from icapnet.layout import (
     BACKBONE_WEIGHTS_FILE,
     CHECKPOINT_DIR,
@@ -262,16 +263,28 @@ class _Run:
         callbacks = [*scorer, *extra_callbacks, *tensorboard(self.model_dir),
                      *([plateau["reduce_lr"]] if "reduce_lr" in plateau else []), early,
                      recorder]
-        self.model.fit(
-            train_ds,
-            validation_data=val_ds,
-            steps_per_epoch=steps,
-            initial_epoch=first,
-            epochs=phase.end,
-            callbacks=callbacks,
-            shuffle=False,  # each epoch is already shuffled by its own seed
-            verbose=verbose,
-        )
+        try:
+            self.model.fit(
+                train_ds,
+                validation_data=val_ds,
+                steps_per_epoch=steps,
+                initial_epoch=first,
+                epochs=phase.end,
+                callbacks=callbacks,
+                shuffle=False,  # each epoch is already shuffled by its own seed
+                verbose=verbose,
+            )
+        except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as err:
+            # A corrupt record (TensorFlow names an offset, not the shard), or fewer records
+            # than the manifest promised (the datasets' asserted cardinality).
+            if isinstance(err, tf.errors.FailedPreconditionError) and \
+                    "expected to contain" not in err.message:
+                raise
+            from icapnet.data.cache_check import corrupt_data_error
+
+            raise corrupt_data_error(self.cache_dir, open_cache(self.cache_dir,
+                                                                check_files=False).manifest,
+                                     ("train", "val"), err) from None
         if recorder.state is None:
             raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
                                f"{first + 1}")
@@ -314,6 +327,8 @@ def train(
     vocab = open_cache(cache_dir).vocab
     _check_previous_run(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / CHECKPOINT_DIR):  # writes a killed run left half-done
+        remove_stale_temps(folder)
 
     keras.utils.set_random_seed(cfg.train.seed)
     previous_policy = keras.mixed_precision.global_policy().name

@@ -223,11 +223,14 @@ def create_app(
             image = await to_thread.run_sync(decode, limiter=decode_limiter)
         except IcapnetError as err:
             raise UploadError(422, str(err)) from None
-        result = await to_thread.run_sync(
-            lambda: predictor.caption_images(
-                [image], beam_size=beam_size, num_candidates=min(beam_size, MAX_CANDIDATES)
-            )[0]
-        )
+        try:
+            result = await to_thread.run_sync(
+                lambda: predictor.caption_images(
+                    [image], beam_size=beam_size, num_candidates=min(beam_size, MAX_CANDIDATES)
+                )[0]
+            )
+        except IcapnetError as err:  # e.g. a beam wider than the model's vocabulary allows
+            raise UploadError(422, str(err)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return _Captioned(upload.filename, result, image, beam_size, elapsed_ms, fmt)
 
