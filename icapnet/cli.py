@@ -25,6 +25,8 @@ def start(log_info: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if log_info:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        # tf.distribute logs every collective it builds at INFO: not for users.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def add_model_flag(parser: argparse.ArgumentParser, required: bool = False) -> None:

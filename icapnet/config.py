@@ -27,7 +27,7 @@ LEGACY_RANDOM_BACKBONE = "he-normal"
 DECODERS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "none")
 INIT_STATES = ("zeros", "mean")
-STRATEGIES = ("default", "mirrored", "tpu")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 CHOICES = {"decoder": DECODERS, "attention": ATTENTIONS, "init_state": INIT_STATES,
            "strategy": STRATEGIES}
 

@@ -21,9 +21,10 @@ from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path
 from icapnet.model.backbone import get_backbone, resize_images
 from icapnet.model.captioner import Captioner
+from icapnet.model.strategies import PrebuiltModel
 
 
-class FineTuner(keras.Model):
+class FineTuner(PrebuiltModel, keras.Model):
     """Backbone + captioner: images [B,S,S,3] and captions [B,T] in, the captioner's step.
 
     Training-only: it is never saved as a Keras model (the run saves the captioner and the
