@@ -91,6 +91,10 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: bool = False
     jit_compile: bool = False
+    # Pad every batch to one caption length (the longest in train/val) and drop the last
+    # partial batch: every step has the same shapes, as TPUs and XLA want (--strategy tpu
+    # turns it on). Costs padding work on CPU/GPU.
+    static_shapes: bool = False
     strategy: str = "default"  # STRATEGIES
     early_stopping_patience: int = 5
     reduce_lr_patience: int = 2

@@ -175,28 +175,40 @@ class _Run:
     def datasets(self, phase: _Phase, first: int) -> tuple[tf.data.Dataset, int,
                                                             tf.data.Dataset | None]:
         """(train epochs ``first``..end, steps per epoch, validation or None) of a phase."""
-        from icapnet.data.pipeline import make_dataset, make_epochs_dataset, steps_per_epoch
+        from icapnet.data.pipeline import (
+            longest_caption,
+            make_dataset,
+            make_epochs_dataset,
+            steps_per_epoch,
+        )
         from icapnet.model.finetune import image_dataset
 
         tcfg = self.config.train
-        drop = tcfg.strategy == "tpu"  # TPUs need a static batch dimension
+        # Static shapes (TPUs always): one caption length for train and val, no partial batch.
+        # XLA on CPU needs the fixed length too (its gradient of a while loop over a varying
+        # caption length fails to compile); a smaller last batch only costs one more compile.
+        drop = bool(tcfg.static_shapes) or tcfg.strategy == "tpu"
+        fixed = drop or bool(tcfg.jit_compile)
+        length = longest_caption(self.cache_dir, ("train", "val")) if fixed else None
         seeds = [epoch_seed(tcfg.seed, e) for e in range(first, phase.end)]
         steps = steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop)
         if steps < 1:
-            raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on")
+            raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on"
+                               + (" (fewer than one full batch)" if drop else ""))
         if phase.number == 1:
             train_ds = make_epochs_dataset(self.cache_dir, "train", tcfg.batch_size, seeds,
-                                           drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer)
+                                           drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer,
+                                           caption_length=length)
         else:
             train_ds = image_dataset(self.config, self.cache_dir, "train", tcfg.batch_size,
-                                     seeds, drop)
+                                     seeds, drop, length)
         try:
             if phase.number == 1:
                 val_ds = make_dataset(self.cache_dir, "val", tcfg.batch_size, shuffle=False,
-                                      drop_remainder=drop)
+                                      drop_remainder=drop, caption_length=length)
             else:
                 val_ds = image_dataset(self.config, self.cache_dir, "val", tcfg.batch_size,
-                                       None, drop)
+                                       None, drop, length)
         except IcapnetError:
             return self._sharded(train_ds), steps, None
         val_steps = steps_per_epoch(self.cache_dir, "val", tcfg.batch_size, drop_remainder=drop)
