@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
 from icapnet.layout import CONFIG_FILE
@@ -167,13 +168,13 @@ class Config:
         return cls(**kwargs)
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CONFIG_FILE
+        path = fs.path(directory) / CONFIG_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
     def load(cls, directory_or_file: str | Path) -> Config:
-        path = Path(directory_or_file)
+        path = fs.path(directory_or_file)
         if path.is_dir():
             path = path / CONFIG_FILE
         if not path.is_file():

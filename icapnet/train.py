@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from icapnet import cli
+from icapnet import cli, fs
 from icapnet.config import Config, DataConfig, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.layout import HISTORY_FILE
@@ -26,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.train",
         description="Train an attention captioner on a feature cache (resumes automatically).",
     )
-    parser.add_argument("--cache", type=Path, required=True, help="feature cache from prepare")
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--cache", type=fs.path, required=True,
+                        help="feature cache from prepare (a folder or a gs:// ... URL)")
+    parser.add_argument("--out", type=fs.path, required=True,
+                        help="model directory to write (a folder or a gs:// ... URL)")
     parser.add_argument("--dataset", default="", help="dataset name (fine-tuning reads images; "
                         "default: the one recorded in the cache)")
     parser.add_argument("--data-dir", default="", help="dataset folder (fine-tuning only; "
@@ -49,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     config.validate()
+    cli.start(log_info=True)
     if not args.cache.is_dir():
         raise IcapnetError(f"{args.cache}: feature cache not found; run prepare first")
-    cli.start(log_info=True)
     from icapnet.model.training import describe_history, train
 
     history = train(config, args.cache, args.out, verbose=0 if args.quiet else 1)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from icapnet import fs
 from icapnet.config import DataConfig
 from icapnet.data.splits import SPLITS
 from icapnet.data.text import Vocabulary
@@ -153,7 +154,7 @@ class FeatureCache:
 
 def open_cache(cache_dir: str | Path, require_complete: bool = True) -> FeatureCache:
     """Open a cache ``prepare`` built; an incomplete one is an error unless asked for."""
-    root = Path(cache_dir)
+    root = fs.path(cache_dir)
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise IcapnetError(f"{root}: not a feature cache (no {MANIFEST_FILE}); run prepare")

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from icapnet import fs
 from icapnet.config import RANDOM_BACKBONE, DataConfig, FeatureConfig
 from icapnet.data.cache import (
     CACHE_DTYPE,
@@ -130,7 +131,7 @@ def build_cache(
     parts are complete (``worker_index=None``: only merge); see :mod:`.cache_parts`.
     """
     data_cfg = data_cfg or DataConfig()
-    root = Path(cache_dir)
+    root = fs.path(cache_dir)
     settings = cache_settings(feature_cfg)
     plan = _plan(dataset, shard_size)
     check_worker(worker_index, num_workers)
@@ -161,7 +162,7 @@ def build_cache(
     for name in mine:  # temp shards of a killed run (only this worker's)
         for stale in features_dir.glob(f".{name}.tmp-*"):
             with contextlib.suppress(OSError):
-                os.unlink(stale)
+                stale.unlink()
 
     if todo:
         if extractor is None:
@@ -462,7 +463,7 @@ def prepare_cache(data_cfg: DataConfig, feature_cfg: FeatureConfig, limit: int |
     if limit:
         dataset = limit_dataset(dataset, limit)
     build_cache(dataset, data_cfg.cache_dir, feature_cfg, data_cfg, **build_options)
-    if not (Path(data_cfg.cache_dir) / MANIFEST_FILE).is_file():
+    if not (fs.path(data_cfg.cache_dir) / MANIFEST_FILE).is_file():
         return None
     cache = open_cache(data_cfg.cache_dir, require_complete=False)
     return cache if cache.complete else None

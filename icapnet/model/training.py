@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,9 +35,11 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from icapnet import fs
 from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, Config
 from icapnet.data.cache import open_cache
 from icapnet.errors import IcapnetError
+from icapnet.io import atomic_write_bytes
 from icapnet.layout import (
     BACKBONE_WEIGHTS_FILE,
     BEST_WEIGHTS_FILE,
@@ -107,7 +108,7 @@ def config_from_cache(cache_dir: str | Path, config: Config) -> Config:
     )
     data = dataclasses.replace(
         config.data,
-        cache_dir=str(Path(cache_dir)),
+        cache_dir=str(fs.path(cache_dir)),
         dataset=config.data.dataset or str(manifest.get("dataset", "")),
         data_dir=config.data.data_dir or str(manifest.get("data_dir", "")),
     )
@@ -276,7 +277,7 @@ def train(
     are kept up to date after every epoch. ``config`` is not modified.
     """
     config.validate()
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    cache_dir, out_dir = fs.path(cache_dir), fs.path(out_dir)
     cfg = config_from_cache(cache_dir, config)
     vocab = open_cache(cache_dir).vocab
     _check_previous_run(out_dir, cfg)
@@ -332,7 +333,8 @@ def _run_phases(run: _Run, verbose: int | str,
     if found and run.write_dir != run.model_dir:  # a worker restores the chief's best weights
         best = run.model_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE
         if best.is_file():
-            shutil.copyfile(best, run.write_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE)
+            atomic_write_bytes(run.write_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE,
+                               best.read_bytes())
     run.build(state.model_phase, on_model)
     if found:
         with run.strategy.scope():
