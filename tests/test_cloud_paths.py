@@ -104,7 +104,8 @@ def test_cache_training_resume_and_export_on_ram(synthetic_scenes_dir, tiny_back
     assert {"config.json", "vocab.json", "model.weights.h5", "history.csv", "loss.png",
             "checkpoints", "logs"} <= {p.name for p in out.iterdir()}
     model, vocab, config = load_model_dir(resolve_model(str(out)))
-    assert config.data.cache_dir == str(ram / "cache") and len(vocab) == model.model_config.vocab_size
+    assert config.data.cache_dir == str(ram / "cache")
+    assert len(vocab) == model.model_config.vocab_size
 
     from icapnet.export import export_saved_model
 
