@@ -32,6 +32,8 @@ def start(log_info: bool = False) -> None:
         native_logs.filter_native_stderr()
     if log_info:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        # tf.distribute logs every collective it builds at INFO: not for users.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def trained_on(config: Config) -> str:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
 from icapnet.layout import CONFIG_FILE, read_json
@@ -31,7 +32,7 @@ LEGACY_RANDOM_BACKBONE = "he-normal"
 DECODERS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "none")
 INIT_STATES = ("zeros", "mean")
-STRATEGIES = ("default", "mirrored", "tpu")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adam", "rmsprop")
 # What early stopping (and the plateau learning-rate cut) watch: the validation loss, or the
 # BLEU-4 of greedy captions of the validation split (Show-Attend-Tell's criterion).
@@ -132,8 +133,15 @@ class TrainConfig:
         "compute in float16 with float32 weights (GPUs)"))
     jit_compile: bool = field(default=False, metadata=_help("compile the training step with "
                                                             "XLA"))
+    # Pad every batch to one caption length (the longest in train/val) and drop the last
+    # partial batch: every step has the same shapes, as TPUs and XLA want (--strategy tpu
+    # turns it on). Costs padding work on CPU/GPU.
+    static_shapes: bool = field(default=False, metadata=_help(
+        "pad every batch to the longest train/val caption and drop the last partial batch "
+        "(static shapes for TPUs and XLA)"))
     strategy: str = field(default="default", metadata=_help(
-        "default (one device), mirrored (all GPUs, else all CPU cores) or tpu"))
+        "default (one device), mirrored (all GPUs, else all CPU cores), multiworker "
+        "(several machines, from TF_CONFIG) or tpu"))
     early_stopping_metric: str = field(default="val_loss", metadata=_help(
         "what early stopping and the learning-rate cut watch: the validation loss, or the "
         "BLEU-4 of greedy captions of the validation split (decoded after every epoch)"))
@@ -238,7 +246,7 @@ class Config:
 
     def save(self, directory: str | Path, fingerprints: dict[str, Any] | None = None) -> Path:
         """Write config.json; ``fingerprints`` (:func:`model_fingerprints`) go in with it."""
-        path = Path(directory) / CONFIG_FILE
+        path = fs.path(directory) / CONFIG_FILE
         data = self.to_dict()
         if fingerprints is not None:
             data[FINGERPRINTS] = fingerprints
@@ -284,7 +292,7 @@ def load_config_file(directory_or_file: str | Path) -> tuple[Config, dict[str, A
     unknown sections or keys, a value of the wrong type (``"units": "abc"``), a value out of
     range, sections that disagree (``model.num_regions`` vs ``features.num_regions``).
     """
-    path = Path(directory_or_file)
+    path = fs.path(directory_or_file)
     if path.is_dir():
         path = path / CONFIG_FILE
     if not path.is_file():

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from icapnet import cli
+from icapnet import cli, fs
 from icapnet.config import DEFAULT_BEAM
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model.store import resolve_model
@@ -183,7 +183,7 @@ def export_saved_model(
     from icapnet.inference.predictor import Predictor
     from icapnet.io import atomic_path, remove_stale_temps
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = fs.path(model_dir), fs.path(out_dir)
     check_decoding(beam_size, max_length or 1, None, "--beam", "--max-length")
     if out_dir.resolve() == model_dir.resolve():
         raise IcapnetError(f"{out_dir}: choose an export folder other than the model directory")
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained model as a TensorFlow SavedModel that captions image bytes.",
     )
     cli.add_model_flag(parser, required=True)
-    parser.add_argument("--out", required=True, type=Path, help="SavedModel output directory")
+    parser.add_argument("--out", required=True, type=fs.path,
+                        help="SavedModel output directory (a folder or a gs:// ... URL)")
     cli.add_decoding_flags(parser, beam_help="default beam size baked in (1 = greedy)",
                            length_penalty=True, feature_weights=True)
     return parser

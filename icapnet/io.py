@@ -8,6 +8,10 @@ naming the path (the temp file is removed, the target keeps its previous content
 Files come out with the permissions ``open()`` would give them (0666 minus the umask, e.g.
 0644, like Keras' own files), not ``mkstemp``'s private 0600: a model directory is meant to
 be read by other users, a web server or a container.
+
+Local paths: a temporary file beside the target and ``os.replace``. URLs (``gs://`` ...,
+see :mod:`icapnet.fs`): a temporary object and ``tf.io.gfile.rename``, atomic where the file
+system's rename is (not on GCS, where it is a copy and a delete).
 """
 
 from __future__ import annotations
@@ -25,15 +29,27 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
+from icapnet.fs import GPath
 
 log = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path | GPath, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
+    path = fs.path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, GPath):  # tf.io.gfile: write a temporary object, rename it over
+        tmp = path.parent / temp_prefix(path)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            raise_if_disk_full(err, path)
+            raise
+        return
     fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -59,19 +75,20 @@ def _create_temp(path: Path) -> tuple[int, str]:
             continue
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path | GPath, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | Path | GPath, suffix: str = "") -> Iterator[Path | GPath]:
     """Yield a temporary path (file or directory) that replaces ``path`` only on success.
 
     The caller writes whatever it likes at the yielded path; on normal exit it is renamed
     over ``path`` (an existing directory is swapped out), on error it is removed. ``suffix``
-    ends the temporary name, for writers that insist on one (Keras: ``.weights.h5``).
+    ends the temporary name, for writers that insist on one (Keras: ``.weights.h5``). For a
+    URL the yielded path is a :class:`~icapnet.fs.GPath` (TensorFlow writers take its str).
     """
-    path = Path(path)
+    path = fs.path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{temp_prefix(path)}{suffix}"
     _remove(tmp)
@@ -80,19 +97,31 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         if path.is_dir() and tmp.is_dir():
             old = path.parent / temp_prefix(path, "old")
             _remove(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
+            _replace(path, old)
+            _replace(tmp, path)
             _remove(old)
         else:
-            os.replace(tmp, path)
+            _replace(tmp, path)
     except BaseException as err:
         _remove(tmp)
         raise_if_disk_full(err, path)
         raise
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+def _replace(src: Path | GPath, dst: Path | GPath) -> None:
+    if isinstance(src, GPath):
+        src.replace(dst)
+    else:
+        os.replace(src, dst)
+
+
+def _remove(path: Path | GPath) -> None:
+    if isinstance(path, GPath):
+        if path.is_dir():
+            path.rmtree()
+        else:
+            path.unlink(missing_ok=True)
+    elif path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
@@ -134,9 +163,9 @@ def _host_id() -> str:
     return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 
 
-def temp_prefix(path: str | Path, kind: str = "tmp") -> str:
+def temp_prefix(path: str | Path | GPath, kind: str = "tmp") -> str:
     """``.{name}.{kind}-{pid}-{host}``: the start of every temp name for ``path``."""
-    return f".{Path(path).name}.{kind}-{os.getpid()}-{_host_id()}"
+    return f".{fs.path(path).name}.{kind}-{os.getpid()}-{_host_id()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -177,6 +206,8 @@ def remove_stale_temps(directory: str | Path, targets: Iterable[str] | None = No
     (:func:`is_stale_temp`); ``targets`` limits it to the temps of those file names (a folder
     shared with other things, such as the parent of an export). Returns what was removed.
     """
+    if fs.is_url(directory):  # object stores: no pids to check, temps there are left alone
+        return []
     directory = Path(directory)
     if not directory.is_dir():
         return []

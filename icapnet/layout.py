@@ -26,11 +26,13 @@ Model directory (``train`` writes it, ``model/store.py`` reads it)::
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
 
@@ -93,7 +95,7 @@ def read_history(path: str | Path, required: bool = False) -> pd.DataFrame:
     """
     import pandas as pd
 
-    path = Path(path)
+    path = fs.path(path)
     if path.is_dir():
         path = path / HISTORY_FILE
     if not path.is_file():
@@ -101,20 +103,20 @@ def read_history(path: str | Path, required: bool = False) -> pd.DataFrame:
             raise IcapnetError(f"{path}: training history not found")
         return pd.DataFrame()
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(io.StringIO(path.read_text(encoding="utf-8")))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise IcapnetError(f"{path}: unreadable training history ({err})") from None
 
 
 def write_history(model_dir: str | Path, history: pd.DataFrame) -> Path:
-    path = Path(model_dir) / HISTORY_FILE
+    path = fs.path(model_dir) / HISTORY_FILE
     atomic_write_text(path, history.to_csv(index=False))
     return path
 
 
 def read_metrics(model_dir: str | Path) -> dict[str, Any] | None:
     """``metrics.json`` of a model directory, or None if it was never (validly) written."""
-    path = Path(model_dir) / METRICS_FILE
+    path = fs.path(model_dir) / METRICS_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -125,7 +127,7 @@ def read_metrics(model_dir: str | Path) -> dict[str, Any] | None:
 def read_json(path: Path) -> Any:
     """A JSON file of a cache or model folder; missing or broken -> IcapnetError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(fs.path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IcapnetError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="seed of --split random (and of COCO's val/test halves)")
     p.add_argument("--images-dir", default=None, help="karpathy/coco: folder of the images")
     p.add_argument("--json-file", default=None, help="karpathy: which split JSON to read")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="split the extraction over N processes or machines writing to one "
+                   "(shared) --out folder; each runs with its own --worker-index")
+    p.add_argument("--worker-index", type=int, default=None,
+                   help="which of the --num-workers this process is (0..N-1); the last to "
+                   "finish merges the parts into the cache")
+    p.add_argument("--merge", action="store_true",
+                   help="with --num-workers: only merge the finished parts into the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -73,8 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("dataset", "data_dir"):
         if getattr(args, name) is None:
             parser.error(f"the following arguments are required: --{name.replace('_', '-')}")
-    require_positive(args, optional=("min_count", "max_vocab", "batch_size", "shard_size",
-                                     "limit", "image_size"))
+    require_positive(args, "num_workers", optional=("min_count", "max_vocab", "batch_size",
+                                                    "shard_size", "limit", "image_size"))
+    if args.num_workers > 1 and (args.worker_index is None) != args.merge:
+        raise IcapnetError("--num-workers: give --worker-index I (0..N-1) to extract a part, "
+                           "or --merge to merge the finished parts")
+    if args.num_workers == 1 and (args.worker_index or args.merge):
+        raise IcapnetError("--worker-index/--merge: need --num-workers N (N > 1)")
     cli.start(log_info=True)
     from icapnet.data.cache import describe_cache
     from icapnet.data.cache_build import prepare_cache
@@ -88,7 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                           seed=args.seed,
                           images_dir=args.images_dir, json_file=args.json_file,
                           batch_size=args.batch_size, shard_size=args.shard_size,
-                          workers=args.workers, progress=not args.quiet)
+                          workers=args.workers, progress=not args.quiet,
+                          num_workers=args.num_workers,
+                          worker_index=None if args.merge else (args.worker_index or 0))
+    if cache is None:
+        print(f"part {args.worker_index} of {args.num_workers} done in {args.out}; the cache is "
+              "complete when every worker has finished (the last one merges)")
+        return 0
     print(describe_cache(cache, data_cfg, seconds=time.time() - started))
     return 0
 

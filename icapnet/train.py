@@ -15,9 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from icapnet import cli
+from icapnet import cli, fs
 from icapnet.config import Config, DataConfig, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.fs import GPath
 from icapnet.layout import HISTORY_FILE, MANIFEST_FILE, read_json
 from icapnet.presets import PRESETS, apply_preset, preset_for, preset_help
 
@@ -35,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "penalty on also token_loss (the cross-entropy alone) and attention_penalty (before "
         "lambda).",
     )
-    parser.add_argument("--cache", type=Path, required=True,
-                        help="feature cache folder written by 'python -m icapnet.prepare'")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="model directory to write (or to resume / extend)")
+    parser.add_argument("--cache", type=fs.path, required=True,
+                        help="feature cache from 'python -m icapnet.prepare' (folder or gs:// URL)")
+    parser.add_argument("--out", type=fs.path, required=True,
+                        help="model directory to write, resume or extend (folder or gs:// URL)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help=preset_help())
     parser.add_argument("--dataset", default="", help="dataset name (fine-tuning reads images; "
                         "default: the one recorded in the cache)")
@@ -62,8 +63,9 @@ def config_from_args(args: argparse.Namespace, dataset: str = "") -> Config:
                   data=DataConfig(dataset=args.dataset, data_dir=args.data_dir))
 
 
-def cache_dataset(cache: Path) -> str:
-    """The dataset a cache was built from (its manifest), read without TensorFlow."""
+def cache_dataset(cache: Path | GPath) -> str:
+    """The dataset a cache was built from (its manifest; a local one is read without
+    TensorFlow)."""
     if not cache.is_dir():
         raise IcapnetError(f"{cache}: feature cache not found; run prepare first")
     if not (cache / MANIFEST_FILE).is_file():

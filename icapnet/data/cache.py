@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from icapnet import fs
 from icapnet.config import DataConfig
 from icapnet.data.cache_check import (
     CACHE_DTYPE,
@@ -168,7 +169,7 @@ def open_cache(cache_dir: str | Path, require_complete: bool = True,
 
     The manifest is validated and (``check_files``) every shard must have its recorded size.
     """
-    root = Path(cache_dir)
+    root = fs.path(cache_dir)
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise IcapnetError(f"{root}: not a feature cache (no {MANIFEST_FILE}); run prepare")

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from icapnet import fs
 from icapnet.config import RANDOM_BACKBONE, DataConfig, FeatureConfig
 from icapnet.data.cache import FeatureCache, open_cache, serialize_record
 from icapnet.data.cache_check import (
@@ -42,6 +43,15 @@ from icapnet.data.cache_check import (
     settings_fingerprints,
     validate_manifest,
     verify_shard,
+)
+from icapnet.data.cache_parts import (
+    PART_GLOB,
+    check_worker,
+    merge_parts,
+    part_name,
+    read_parts,
+    remove_parts,
+    select_shards,
 )
 from icapnet.data.images import load_image_bytes
 from icapnet.data.splits import SPLITS
@@ -111,32 +121,37 @@ def build_cache(
     workers: int | None = None,
     on_shard: Callable[[str], None] | None = None,
     progress: bool = True,
+    num_workers: int = 1,
+    worker_index: int | None = 0,
 ) -> Path:
     """Extract features for every image of ``dataset`` into ``cache_dir`` (resumable).
 
     Shards already finished for the same settings and image files are kept, so a killed run
     continues where it stopped. ``on_shard(name)`` is called after each shard is recorded.
     Unreadable images are logged by path, listed under "skipped" and left out.
+    ``num_workers`` > 1: only worker ``worker_index``'s shards, merged into the cache once all
+    parts are complete (``worker_index=None``: only merge); see :mod:`.cache_parts`.
     """
     data_cfg = data_cfg or DataConfig()
-    root = Path(cache_dir)
+    root = fs.path(cache_dir)
     # Temp files of killed runs (only those of the cache's own files: --out may be any folder).
     remove_stale_temps(root, targets=(MANIFEST_FILE, VOCAB_FILE, CACHE_CAPTIONS_FILE,
                                       CACHE_BOXES_FILE))
     settings = cache_settings(feature_cfg)
     plan = _plan(dataset, shard_size)
-    old = _existing_manifest(root, settings, dataset.name)
+    check_worker(worker_index, num_workers)
+    parted = num_workers > 1
+    manifest_path = root / (part_name(worker_index or 0, num_workers) if parted
+                            else MANIFEST_FILE)
+    if parted and worker_index is None:  # merge only
+        return _merge(root, plan, num_workers, dataset, data_cfg, _base_manifest(
+            dataset, settings, None))
+    old = _existing_manifest(root, settings, dataset.name, manifest_path)
+    mine = select_shards(plan, worker_index, num_workers) if parted else plan
 
-    manifest: dict[str, Any] = {
-        "version": CACHE_VERSION, **settings, "dataset": dataset.name,
-        "split": dataset.split_info,  # where the train/val/test lists came from
-        # where the images are, so fine-tuning can read them without being told
-        "data_dir": str(Path(dataset.root).resolve()),
-        "feature_shape": old.get("feature_shape") if old else None,
-        "images": {}, "shards": {}, "skipped": {}, "complete": False,
-    }
+    manifest = _base_manifest(dataset, settings, old.get("feature_shape") if old else None)
     todo = []
-    for name, shard in plan.items():
+    for name, shard in mine.items():
         if old and _reusable(root, old, name, shard, dataset):
             _record_shard(manifest, name, old["shards"][name],
                           {i: old["images"][i]["sha1"] for i in old["shards"][name]["written"]},
@@ -146,10 +161,11 @@ def build_cache(
 
     if old and todo:
         log.info("%s: %d of %d shards done and intact, extracting the rest", root,
-                 len(plan) - len(todo), len(plan))
+                 len(mine) - len(todo), len(mine))
     features_dir = root / FEATURES_DIR
     features_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(features_dir)  # shards a killed run was writing
+    # Shards a killed run was writing (a live worker's temps are left: its pid is alive).
+    remove_stale_temps(features_dir)
 
     if todo:
         if extractor is None:
@@ -160,8 +176,40 @@ def build_cache(
                                f"{manifest['feature_shape']} != extractor output {shape}")
         manifest["feature_shape"] = shape
         _Extractor(extractor, batch_size, workers, progress).run(
-            root, manifest, {n: plan[n] for n in todo}, dataset, on_shard)
-    _finish(root, manifest, dataset, data_cfg)
+            manifest_path, manifest, {n: plan[n] for n in todo}, dataset, on_shard)
+    if not parted:
+        _finish(root, manifest, dataset, data_cfg)
+        return root
+    manifest["complete"] = True  # this part is
+    _write_manifest(manifest_path, manifest)
+    return _merge(root, plan, num_workers, dataset, data_cfg, manifest)
+
+
+def _base_manifest(dataset: CaptionDataset, settings: dict[str, Any],
+                   feature_shape: list[int] | None) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION, **settings, "dataset": dataset.name,
+        "split": dataset.split_info,  # where the train/val/test lists came from
+        # where the images are, so fine-tuning can read them without being told
+        "data_dir": str(Path(dataset.root).resolve()),
+        "feature_shape": feature_shape,
+        "images": {}, "shards": {}, "skipped": {}, "complete": False,
+    }
+
+
+def _merge(root: Path, plan: dict, count: int, dataset: CaptionDataset, data_cfg: DataConfig,
+           base: dict[str, Any]) -> Path:
+    """Finish the cache from its parts if they are all complete (else say who is missing)."""
+    parts, waiting = read_parts(root, count)
+    if waiting:
+        if (root / MANIFEST_FILE).is_file() and read_json(root / MANIFEST_FILE).get("complete"):
+            return root  # another worker merged (and removed the parts) meanwhile
+        log.info("%s: waiting for part(s) %s of %d; the last worker to finish merges them "
+                 "(or run prepare with --merge)", root, ", ".join(map(str, waiting)), count)
+        return root
+    shared = {k: v for k, v in base.items() if k not in ("images", "shards", "skipped")}
+    _finish(root, merge_parts(root, plan, parts, shared), dataset, data_cfg)
+    remove_parts(root)
     return root
 
 
@@ -187,11 +235,16 @@ def _plan(dataset: CaptionDataset, shard_size: int) -> dict[str, dict[str, Any]]
     return plan
 
 
-def _existing_manifest(root: Path, settings: dict[str, Any], dataset: str) -> dict | None:
-    path = root / MANIFEST_FILE
+def _existing_manifest(root: Path, settings: dict[str, Any], dataset: str,
+                       path: Path) -> dict | None:
+    """The manifest (or this worker's part) of an earlier build, checked against ``settings``;
+    a worker without a part yet reuses the shards of a finished cache's manifest."""
+    if not path.is_file() and path.name != MANIFEST_FILE:
+        path = root / MANIFEST_FILE
     if not path.is_file():
         ours = {FEATURES_DIR, VOCAB_FILE, CACHE_CAPTIONS_FILE, CACHE_BOXES_FILE}
-        if root.is_dir() and any(p.name not in ours for p in root.iterdir()):
+        if root.is_dir() and any(p.name not in ours and not p.match(PART_GLOB)
+                                 for p in root.iterdir()):
             raise IcapnetError(f"{root}: exists and is not a feature cache (no {MANIFEST_FILE}); "
                                "choose an empty or new --out folder")
         if root.exists() and not root.is_dir():
@@ -239,10 +292,10 @@ def _record_shard(manifest: dict, name: str, info: dict, sha1s: dict[str, str],
     manifest["skipped"].update(skipped)
 
 
-def _write_manifest(root: Path, manifest: dict) -> None:
+def _write_manifest(path: Path, manifest: dict) -> None:
     if manifest.get("feature_shape") is not None:
         manifest["fingerprints"] = settings_fingerprints(manifest)
-    atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 _FORWARDS: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
@@ -289,8 +342,8 @@ class _Extractor:
             return _Loaded(image_id, sha1, None, str(err))
         return _Loaded(image_id, sha1, pixels, None)
 
-    def run(self, root: Path, manifest: dict, todo: dict[str, dict], dataset: CaptionDataset,
-            on_shard: Callable[[str], None] | None) -> None:
+    def run(self, manifest_path: Path, manifest: dict, todo: dict[str, dict],
+            dataset: CaptionDataset, on_shard: Callable[[str], None] | None) -> None:
         jobs = [(name, image_id) for name, shard in todo.items() for image_id in shard["images"]]
         bar = tqdm(total=len(jobs), unit="img", desc="features", disable=not self.progress)
         ahead = 2 * self.batch_size + self.workers  # decoded images waiting for the CNN
@@ -307,17 +360,17 @@ class _Extractor:
 
             top_up()
             for name, shard in todo.items():
-                self._shard(root, manifest, name, shard, queue, top_up, bar)
+                self._shard(manifest_path, manifest, name, shard, queue, top_up, bar)
                 if on_shard is not None:
                     on_shard(name)
         bar.close()
 
-    def _shard(self, root: Path, manifest: dict, name: str, shard: dict,
+    def _shard(self, manifest_path: Path, manifest: dict, name: str, shard: dict,
                queue: collections.deque, top_up: Callable[[], None], bar: tqdm) -> None:
         written: list[str] = []
         sha1s: dict[str, str] = {}
         skipped: dict[str, str] = {}
-        path = root / FEATURES_DIR / name
+        path = manifest_path.parent / FEATURES_DIR / name
         with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
             ids = shard["images"]
             for start in range(0, len(ids), self.batch_size):
@@ -342,7 +395,7 @@ class _Extractor:
                 "count": len(written), "bytes": path.stat().st_size,
                 "sha256": file_sha256(path)}
         _record_shard(manifest, name, info, sha1s, skipped)
-        _write_manifest(root, manifest)
+        _write_manifest(manifest_path, manifest)
 
 
 def _finish(root: Path, manifest: dict, dataset: CaptionDataset, data_cfg: DataConfig) -> None:
@@ -374,7 +427,7 @@ def _finish(root: Path, manifest: dict, dataset: CaptionDataset, data_cfg: DataC
             shard.unlink()
     manifest["complete"] = True
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _write_manifest(root, manifest)
+    _write_manifest(root / MANIFEST_FILE, manifest)
 
 
 def _sha1_file(path: Path) -> str:
@@ -405,11 +458,12 @@ def limit_dataset(dataset: CaptionDataset, limit: int) -> CaptionDataset:
 def prepare_cache(data_cfg: DataConfig, feature_cfg: FeatureConfig, limit: int | None = None,
                   split: str | None = None, seed: int | None = None,
                   images_dir: str | None = None, json_file: str | None = None,
-                  **build_options: Any) -> FeatureCache:
+                  **build_options: Any) -> FeatureCache | None:
     """What ``python -m icapnet.prepare`` does: read ``data_cfg.dataset`` from
     ``data_cfg.data_dir`` (``split``/``seed``: which train/val/test lists; the first ``limit``
     images of each split), build or resume the cache at ``data_cfg.cache_dir`` and open it.
-    ``build_options`` go to :func:`build_cache`."""
+    ``build_options`` go to :func:`build_cache`. None: this worker's part is done but other
+    workers' parts are not (``num_workers`` > 1)."""
     from icapnet.data.datasets import load_dataset
 
     dataset = load_dataset(data_cfg.dataset, data_cfg.data_dir, seed=seed, split=split,
@@ -417,7 +471,10 @@ def prepare_cache(data_cfg: DataConfig, feature_cfg: FeatureConfig, limit: int |
     if limit:
         dataset = limit_dataset(dataset, limit)
     build_cache(dataset, data_cfg.cache_dir, feature_cfg, data_cfg, **build_options)
-    return open_cache(data_cfg.cache_dir)
+    if not (fs.path(data_cfg.cache_dir) / MANIFEST_FILE).is_file():
+        return None
+    cache = open_cache(data_cfg.cache_dir, require_complete=False)
+    return cache if cache.complete else None
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "build_cache", "cache_settings", "limit_dataset",

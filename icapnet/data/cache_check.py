@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from icapnet import fs
 from icapnet.config import changed_fields, field_fingerprints
 from icapnet.errors import IcapnetError
 from icapnet.layout import CACHE_CAPTIONS_FILE, FEATURES_DIR, MANIFEST_FILE, VOCAB_FILE, read_json
@@ -82,7 +83,7 @@ def validate_manifest(manifest: Any, path: str | Path) -> dict[str, Any]:
 
     Raises an IcapnetError naming ``path`` and the field (``shards.train-00000.tfrecord.count``).
     """
-    c = _Checker(Path(path))
+    c = _Checker(fs.path(path))
     if not isinstance(manifest, dict):
         raise IcapnetError(f"{path}: not an icapnet feature-cache manifest (expected a JSON "
                            f"object, got {_kind(manifest)})")
@@ -184,7 +185,7 @@ def shard_bytes(image_ids: Iterable[str], feature_shape: Iterable[int]) -> int:
 
 
 def shard_path(root: str | Path, name: str) -> Path:
-    return Path(root) / FEATURES_DIR / name
+    return fs.path(root) / FEATURES_DIR / name
 
 
 def check_shard_files(root: str | Path, manifest: dict[str, Any],
@@ -210,7 +211,7 @@ def shard_size_problem(path: Path, expected: int) -> str | None:
 
 def file_sha256(path: str | Path, algorithm: str = "sha256") -> str:
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
+    with fs.path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -247,7 +248,7 @@ def verify_shard(path: str | Path, info: dict[str, Any],
     """
     import tensorflow as tf
 
-    path = Path(path)
+    path = fs.path(path)
     problem = shard_size_problem(path, info["bytes"])
     if problem:
         return problem
@@ -319,7 +320,7 @@ def verify_cache(root: str | Path, source_images: Mapping[str, str | Path] | Non
     """
     from icapnet.data.text import Vocabulary
 
-    root = Path(root)
+    root = fs.path(root)
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise IcapnetError(f"{root}: not a feature cache (no {MANIFEST_FILE})")

@@ -103,10 +103,12 @@ class _Pairs:
             ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=reshuffle)
         return ds
 
-    def batch(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    def batch(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool,
+              caption_length: int | None = None) -> tf.data.Dataset:
+        """``caption_length``: pad every batch to it (static shapes) instead of its longest."""
         return ds.padded_batch(
             batch_size,
-            padded_shapes=(list(self.shape), [None]),
+            padded_shapes=(list(self.shape), [caption_length]),
             padding_values=(tf.constant(0, tf.float16), tf.constant(0, tf.int32)),
             drop_remainder=drop_remainder,
         )
@@ -126,17 +128,19 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
+    caption_length: int | None = None,
 ) -> tf.data.Dataset:
     """(features [B,R,C] float32, captions [B,T] int32), one element per (image, caption).
 
-    Captions are <start> w1 .. wn <end>, zero-padded to the longest caption in the batch.
-    Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch.
+    Captions are <start> w1 .. wn <end>, zero-padded to the longest caption in the batch (or
+    to ``caption_length``: static shapes, see :func:`longest_caption`). Shuffling is
+    deterministic for a given ``seed`` and differs from epoch to epoch.
     """
     source = _Pairs(cache_dir, split, shuffle_buffer)
     ds = source.stream(shuffle, seed)
     if repeat:
         ds = ds.repeat()
-    return _finish(source.batch(ds, batch_size, drop_remainder))
+    return _finish(source.batch(ds, batch_size, drop_remainder, caption_length))
 
 
 def make_epochs_dataset(
@@ -146,6 +150,7 @@ def make_epochs_dataset(
     seeds: Sequence[int],
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
+    caption_length: int | None = None,
 ) -> tf.data.Dataset:
     """Like :func:`make_dataset`, for several epochs in a row: one shuffled epoch per seed.
 
@@ -162,7 +167,7 @@ def make_epochs_dataset(
     # Python-int seeds, one pipeline per epoch: a tensor seed would trip tf.data's seed
     # handling when the global seed is 0 (it compares the pair with (0, 0) in Python).
     ds = concatenate([source.batch(source.stream(True, int(seed), reshuffle=False), batch_size,
-                                   drop_remainder) for seed in seeds])
+                                   drop_remainder, caption_length) for seed in seeds])
     steps = steps_per_epoch(cache_dir, split, batch_size, drop_remainder)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
     return _finish(ds)
@@ -200,6 +205,17 @@ def count_pairs(cache_dir: str | Path, split: str) -> int:
         for c in caps
         if len(vocab.encode(c)) > 2
     )
+
+
+def longest_caption(cache_dir: str | Path, splits: Sequence[str]) -> int:
+    """Tokens (<start> and <end> included) of the longest caption the pipeline yields for
+    ``splits``: the one length every batch is padded to when shapes must be static (XLA,
+    TPUs), so no caption is ever cut."""
+    cache = open_cache(cache_dir)
+    vocab = cache.vocab
+    lengths = [len(vocab.encode(c)) for split in splits
+               for caps in cache.captions.get(split, {}).values() for c in caps]
+    return max((n for n in lengths if n > 2), default=3)
 
 
 def steps_per_epoch(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icapnet import fs
 from icapnet.config import Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
@@ -49,7 +50,7 @@ def resolve_cache(model_dir: Path, config: Config, cache: str | Path | None) -> 
         if not config.data.cache_dir:
             raise IcapnetError(f"{model_dir}: config.json records no cache_dir; pass --cache")
         cache = config.data.cache_dir
-    path = Path(cache)
+    path = fs.path(cache)
     if not path.is_dir():
         hint = " (recorded in the model's config.json)" if recorded else ""
         raise IcapnetError(f"{path}: feature cache not found{hint}; pass --cache or run prepare")

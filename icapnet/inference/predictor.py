@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from icapnet import fs
 from icapnet.config import DEFAULT_BEAM, RANDOM_BACKBONE, Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
@@ -129,7 +130,7 @@ class Predictor:
         from icapnet.model.backbone import build_feature_extractor
         from icapnet.model.store import load_model_dir
 
-        model_dir = Path(model_dir)
+        model_dir = fs.path(model_dir)
         model, vocab, config = load_model_dir(model_dir)
         if feature_weights is not None:
             config = dataclasses.replace(

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from icapnet.config import ModelConfig
 from icapnet.model.layers import PACKAGE, CNNEncoder, Decoder
+from icapnet.model.strategies import PrebuiltModel, step_logs
 
 
 def masked_token_ce(labels, logits):
@@ -52,7 +53,7 @@ def _num_replicas() -> int:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Captioner(keras.Model):
+class Captioner(PrebuiltModel, keras.Model):
     """Encoder + attention decoder; ``call((features, captions_in))`` -> (logits, alphas)."""
 
     def __init__(
@@ -186,7 +187,7 @@ class Captioner(keras.Model):
             batch = tf.maximum(stats["batch"], 1e-9)
             self.penalty_tracker.update_state(stats["penalty"] / batch,
                                               sample_weight=stats["batch"])
-        return {m.name: m.result() for m in self.metrics}
+        return step_logs({m.name: m.result() for m in self.metrics})
 
     # -- steps ----------------------------------------------------------------------------
     def train_step(self, data):

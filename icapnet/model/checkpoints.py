@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_bytes
 from icapnet.layout import (
@@ -118,6 +119,11 @@ def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def _load(path: Path) -> Any:
+    """An .npz read whole (a local file or a URL alike: np.load wants a seekable file)."""
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
 def _values(prefix: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {f"{prefix}/{name}": np.asarray(keras.ops.convert_to_numpy(var))
             for name, var in variables.items()}
@@ -141,7 +147,7 @@ def _assign(path: Path, data: Any, prefix: str, variables: Mapping[str, Any]) ->
 
 def checkpoints(model_dir: str | Path) -> list[tuple[int, Path]]:
     """(next epoch, path) of every complete checkpoint, oldest first."""
-    directory = Path(model_dir) / CHECKPOINT_DIR
+    directory = fs.path(model_dir) / CHECKPOINT_DIR
     if not directory.is_dir():
         return []
     found = [(epoch, p) for p in directory.iterdir()
@@ -160,7 +166,7 @@ def save_checkpoint(model_dir: str | Path, state: TrainState, model: keras.Layer
     arrays = {**_values("model", model_variables(model)),
               **_values("optimizer", optimizer_variables(optimizer, model)),
               _STATE_KEY: np.array(json.dumps(asdict(state)))}
-    path = Path(model_dir) / CHECKPOINT_DIR / checkpoint_name(state.next_epoch)
+    path = fs.path(model_dir) / CHECKPOINT_DIR / checkpoint_name(state.next_epoch)
     atomic_write_bytes(path, _npz(arrays))
     for _, old in checkpoints(model_dir)[:-KEEP_CHECKPOINTS]:
         old.unlink(missing_ok=True)
@@ -170,7 +176,7 @@ def save_checkpoint(model_dir: str | Path, state: TrainState, model: keras.Layer
 def read_state(path: Path) -> TrainState:
     """The state of a checkpoint, without touching any model (to know which one to build)."""
     try:
-        with np.load(path) as data:
+        with _load(path) as data:
             return TrainState(**json.loads(str(data[_STATE_KEY])))
     except Exception as err:
         raise IcapnetError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
@@ -181,7 +187,7 @@ def restore_checkpoint(path: Path, model: keras.Layer,
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` and ``optimizer``."""
     state = read_state(path)
     try:
-        with np.load(path) as data:
+        with _load(path) as data:
             _assign(path, data, "model", model_variables(model))
             _assign(path, data, "optimizer", optimizer_variables(optimizer, model))
     except IcapnetError:
@@ -193,14 +199,14 @@ def restore_checkpoint(path: Path, model: keras.Layer,
 
 def save_best(model_dir: str | Path, model: keras.Layer) -> None:
     """The weights of the best epoch so far (no RNG state: restoring them must not rewind it)."""
-    atomic_write_bytes(Path(model_dir) / CHECKPOINT_DIR / BEST_WEIGHTS_FILE,
+    atomic_write_bytes(fs.path(model_dir) / CHECKPOINT_DIR / BEST_WEIGHTS_FILE,
                        _npz(_values("model", model_variables(model, rng=False))))
 
 
 def load_best(model_dir: str | Path, model: keras.Layer) -> bool:
-    path = Path(model_dir) / CHECKPOINT_DIR / BEST_WEIGHTS_FILE
+    path = fs.path(model_dir) / CHECKPOINT_DIR / BEST_WEIGHTS_FILE
     if not path.is_file():
         return False
-    with np.load(path) as data:
+    with _load(path) as data:
         _assign(path, data, "model", model_variables(model, rng=False))
     return True

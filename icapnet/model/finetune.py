@@ -21,9 +21,10 @@ from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path
 from icapnet.model.backbone import get_backbone, resize_images
 from icapnet.model.captioner import Captioner
+from icapnet.model.strategies import PrebuiltModel
 
 
-class FineTuner(keras.Model):
+class FineTuner(PrebuiltModel, keras.Model):
     """Backbone + captioner: images [B,S,S,3] and captions [B,T] in, the captioner's step.
 
     Training-only: it is never saved as a Keras model (the run saves the captioner and the
@@ -73,7 +74,8 @@ def unfreeze_from(extractor: keras.Model, layer_name: str) -> int:
 
 
 def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
-                  seeds: Sequence[int] | None, drop_remainder: bool = False) -> tf.data.Dataset:
+                  seeds: Sequence[int] | None, drop_remainder: bool = False,
+                  caption_length: int | None = None) -> tf.data.Dataset:
     """(images [B,S,S,3] float32, captions [B,T]) read from the image files.
 
     With ``seeds``: one shuffled epoch per seed, each batched on its own (as
@@ -114,7 +116,7 @@ def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
         if seed is not None:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.padded_batch(batch_size, padded_shapes=([size, size, 3], [None]),
+        return ds.padded_batch(batch_size, padded_shapes=([size, size, 3], [caption_length]),
                                drop_remainder=drop_remainder)
 
     ds = epoch() if seeds is None else concatenate([epoch(int(seed)) for seed in seeds])

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icapnet import fs
 from icapnet.config import (
     Config,
     changed_fields,
@@ -70,7 +71,7 @@ def resolve_model(model: str | None) -> Path:
         from icapnet.model.hub import fetch_model
 
         return fetch_model(model)
-    path = Path(model)
+    path = fs.path(model)
     if not path.exists():
         raise IcapnetError(f"{path}: model directory not found")
     if not (path / CONFIG_FILE).is_file():
@@ -80,7 +81,7 @@ def resolve_model(model: str | None) -> Path:
 
 def save_model_dir(model_dir: str | Path, model: Any, vocab: Vocabulary, config: Config) -> Path:
     """Write ``model`` (a Captioner), its vocabulary and config to ``model_dir`` atomically."""
-    model_dir = Path(model_dir)
+    model_dir = fs.path(model_dir)
     vocab.save(model_dir / VOCAB_FILE)
     with atomic_path(model_dir / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
@@ -104,7 +105,7 @@ def load_config(model_dir: str | Path) -> Config:
 def _load_config(model_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     """(config, fingerprints), with the feature settings checked against their fingerprints:
     features from another backbone, layer or image size give confident nonsense."""
-    model_dir = Path(model_dir)
+    model_dir = fs.path(model_dir)
     if not model_dir.is_dir():
         raise IcapnetError(f"{model_dir}: model directory not found")
     config_path = model_dir / CONFIG_FILE
@@ -127,7 +128,7 @@ def _load_config(model_dir: str | Path) -> tuple[Config, dict[str, Any]]:
 
 def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config]:
     """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError."""
-    model_dir = Path(model_dir)
+    model_dir = fs.path(model_dir)
     config, fingerprints = _load_config(model_dir)
     vocab_path = model_dir / VOCAB_FILE
     if not vocab_path.is_file():

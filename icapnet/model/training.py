@@ -23,9 +23,10 @@ checkpoint and only uses Keras for the loop, the plateau logic and TensorBoard.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,14 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, STRATEGIES, Config
+from icapnet import fs
+from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, Config
 from icapnet.data.cache import open_cache
 from icapnet.errors import IcapnetError
-from icapnet.io import remove_stale_temps
+from icapnet.io import atomic_write_bytes, remove_stale_temps
 from icapnet.layout import (
     BACKBONE_WEIGHTS_FILE,
+    BEST_WEIGHTS_FILE,
     CHECKPOINT_DIR,
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -58,38 +61,17 @@ from icapnet.model.checkpoints import (
     restore_checkpoint,
 )
 from icapnet.model.store import build_captioner, save_model_dir
+from icapnet.model.strategies import (
+    gather_from_workers,
+    get_strategy,
+    is_chief,
+    is_multi_worker,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_LEARNING_RATE = 1e-7
-
-
-def get_strategy(name: str) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs, else every logical CPU) or
-    ``tpu`` (Colab / Cloud TPU)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return _mirrored(tuple(d.name for d in devices))
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError) as err:
-            raise IcapnetError(f"--strategy tpu: no TPU found ({err})") from None
-        return tf.distribute.TPUStrategy(resolver)
-    raise IcapnetError(f"--strategy {name}: unknown (choose from {', '.join(STRATEGIES)})")
-
-
-@functools.cache
-def _mirrored(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
-    # One strategy per device set and process: two MirroredStrategy objects over the same
-    # devices number their collective ops alike, and a second one's all-reduce can be
-    # matched with the first one's (a "shape mismatch in the collective instance").
-    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -136,7 +118,7 @@ def config_from_cache(cache_dir: str | Path, config: Config) -> Config:
     split = manifest.get("split")
     data = dataclasses.replace(
         config.data,
-        cache_dir=str(Path(cache_dir)),
+        cache_dir=str(fs.path(cache_dir)),
         dataset=config.data.dataset or str(manifest.get("dataset", "")),
         data_dir=config.data.data_dir or str(manifest.get("data_dir", "")),
         # What the model was trained on, for the page, evaluate and the caption CLI.
@@ -160,11 +142,13 @@ class _Phase:
 class _Run:
     """The models, strategy and phases of one ``train()`` call."""
 
-    def __init__(self, config: Config, cache_dir: Path, model_dir: Path) -> None:
+    def __init__(self, config: Config, cache_dir: Path, model_dir: Path,
+                 strategy: tf.distribute.Strategy, write_dir: Path) -> None:
         self.config = config
         self.cache_dir = cache_dir
-        self.model_dir = model_dir
-        self.strategy = get_strategy(config.train.strategy)
+        self.model_dir = model_dir  # where the run's state is read from (shared by workers)
+        self.write_dir = write_dir  # where this process writes it (model_dir on the chief)
+        self.strategy = strategy
         self.captioner: keras.Model | None = None
         self.model: keras.Model | None = None  # what fit() trains: captioner or fine-tuner
 
@@ -206,35 +190,58 @@ class _Run:
     def datasets(self, phase: _Phase, first: int) -> tuple[tf.data.Dataset, int,
                                                             tf.data.Dataset | None]:
         """(train epochs ``first``..end, steps per epoch, validation or None) of a phase."""
-        from icapnet.data.pipeline import make_dataset, make_epochs_dataset, steps_per_epoch
+        from icapnet.data.pipeline import (
+            longest_caption,
+            make_dataset,
+            make_epochs_dataset,
+            steps_per_epoch,
+        )
         from icapnet.model.finetune import image_dataset
 
         tcfg = self.config.train
-        drop = tcfg.strategy == "tpu"  # TPUs need a static batch dimension
+        # Static shapes (TPUs always): one caption length for train and val, no partial batch.
+        # XLA on CPU needs the fixed length too (its gradient of a while loop over a varying
+        # caption length fails to compile); a smaller last batch only costs one more compile.
+        drop = bool(tcfg.static_shapes) or tcfg.strategy == "tpu"
+        fixed = drop or bool(tcfg.jit_compile)
+        length = longest_caption(self.cache_dir, ("train", "val")) if fixed else None
         seeds = [epoch_seed(tcfg.seed, e) for e in range(first, phase.end)]
         steps = steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop)
         if steps < 1:
-            raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on")
+            raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on"
+                               + (" (fewer than one full batch)" if drop else ""))
         if phase.number == 1:
             train_ds = make_epochs_dataset(self.cache_dir, "train", tcfg.batch_size, seeds,
-                                           drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer)
+                                           drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer,
+                                           caption_length=length)
         else:
             train_ds = image_dataset(self.config, self.cache_dir, "train", tcfg.batch_size,
-                                     seeds, drop)
+                                     seeds, drop, length)
         try:
             if phase.number == 1:
                 val_ds = make_dataset(self.cache_dir, "val", tcfg.batch_size, shuffle=False,
-                                      drop_remainder=drop)
+                                      drop_remainder=drop, caption_length=length)
             else:
                 val_ds = image_dataset(self.config, self.cache_dir, "val", tcfg.batch_size,
-                                       None, drop)
+                                       None, drop, length)
         except IcapnetError:
-            return train_ds, steps, None
+            return self._sharded(train_ds), steps, None
         val_steps = steps_per_epoch(self.cache_dir, "val", tcfg.batch_size, drop_remainder=drop)
         if val_steps < 1:
-            return train_ds, steps, None
+            return self._sharded(train_ds), steps, None
         # A known length makes Keras start a fresh pass over it every epoch.
-        return train_ds, steps, val_ds.apply(tf.data.experimental.assert_cardinality(val_steps))
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_steps))
+        return self._sharded(train_ds), steps, self._sharded(val_ds)
+
+    def _sharded(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """Across workers, split every global batch (not the shard files): each worker reads
+        the whole cache, and the run sees the batches of a one-process run."""
+        if not is_multi_worker(self.strategy):
+            return ds
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        return ds.with_options(options)
 
     def fit(self, phase: _Phase, state: TrainState, history: pd.DataFrame, verbose: int | str,
             extra_callbacks: Sequence[keras.callbacks.Callback]) -> tuple[pd.DataFrame,
@@ -257,10 +264,10 @@ class _Run:
                                                 min_lr=MIN_LEARNING_RATE)
             reduce.resume = resume.get("reduce_lr")
             plateau = {"early_stopping": early, "reduce_lr": reduce}
-        recorder = EpochRecorder(self.model_dir, phase.number, phase.end, history, monitor,
+        recorder = EpochRecorder(self.write_dir, phase.number, phase.end, history, monitor,
                                  plateau, mode=mode)
         # The plateau callbacks run in the order reduce, early (as before), the recorder last.
-        callbacks = [*scorer, *extra_callbacks, *tensorboard(self.model_dir),
+        callbacks = [*scorer, *extra_callbacks, *tensorboard(self.write_dir),
                      *([plateau["reduce_lr"]] if "reduce_lr" in plateau else []), early,
                      recorder]
         try:
@@ -322,32 +329,50 @@ def train(
     are kept up to date after every epoch. ``config`` is not modified.
     """
     config.validate()
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    cache_dir, out_dir = fs.path(cache_dir), fs.path(out_dir)
     cfg = config_from_cache(cache_dir, config)
     vocab = open_cache(cache_dir).vocab
     _check_previous_run(out_dir, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (out_dir, out_dir / CHECKPOINT_DIR):  # writes a killed run left half-done
-        remove_stale_temps(folder)
-
+    # Multi-worker: created before the first TensorFlow op runs here (it sets up collectives).
+    strategy = get_strategy(cfg.train.strategy)
+    chief = is_chief(strategy)
+    if chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (out_dir, out_dir / CHECKPOINT_DIR):  # writes a killed run left half-done
+            remove_stale_temps(folder)
     keras.utils.set_random_seed(cfg.train.seed)
     previous_policy = keras.mixed_precision.global_policy().name
     if cfg.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        run = _Run(cfg, cache_dir, out_dir)
-        history = _run_phases(run, verbose, extra_callbacks, on_model)
-        if run.model is not run.captioner:  # fine-tuned: the backbone changed too
-            from icapnet.model.finetune import save_backbone
+    # Every worker writes what the chief writes, the others into a private folder deleted at
+    # the end (TensorFlow's advice: a save may need all workers to take part).
+    with contextlib.ExitStack() as stack:
+        write_dir = out_dir if chief else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="icapnet-worker-")))
+        try:
+            run = _Run(cfg, cache_dir, out_dir, strategy, write_dir)
+            try:
+                history = _run_phases(run, verbose, extra_callbacks, on_model)
+            except (tf.errors.UnavailableError, tf.errors.AbortedError) as err:
+                if not is_multi_worker(strategy):
+                    raise
+                # A worker died or cannot be reached: the collectives were aborted everywhere.
+                detail = " ".join(line.strip() for line in err.message.splitlines()[:3])
+                raise IcapnetError(f"{out_dir}: {worker_name(strategy)} lost another worker "
+                                   f"({detail}); start every worker again with the same "
+                                   "command: training resumes from the last checkpoint"
+                                   ) from None
+            if run.model is not run.captioner:  # fine-tuned: the backbone changed too
+                from icapnet.model.finetune import save_backbone
 
-            backbone = out_dir / BACKBONE_WEIGHTS_FILE
-            save_backbone(run.model.extractor, cfg, backbone)
-            cfg = dataclasses.replace(cfg, features=dataclasses.replace(
-                cfg.features, weights=str(backbone.resolve())))
-        save_model_dir(out_dir, run.captioner, vocab, cfg)
-        return history
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+                backbone = write_dir / BACKBONE_WEIGHTS_FILE
+                save_backbone(run.model.extractor, cfg, backbone)
+                cfg = dataclasses.replace(cfg, features=dataclasses.replace(
+                    cfg.features, weights=str((out_dir / BACKBONE_WEIGHTS_FILE).resolve())))
+            save_model_dir(write_dir, run.captioner, vocab, cfg)
+            return history
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _run_phases(run: _Run, verbose: int | str,
@@ -356,8 +381,14 @@ def _run_phases(run: _Run, verbose: int | str,
     """Restore the newest checkpoint (if any), then fit each phase that is not done yet."""
     found = latest_checkpoint(run.model_dir)
     state = read_state(found) if found else TrainState()
+    _check_workers_agree(run, found, state)
     # The run's config sits beside its checkpoints from the start (not in the model dir yet).
-    run.config.save(run.model_dir / CHECKPOINT_DIR)
+    run.config.save(run.write_dir / CHECKPOINT_DIR)
+    if found and run.write_dir != run.model_dir:  # a worker restores the chief's best weights
+        best = run.model_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE
+        if best.is_file():
+            atomic_write_bytes(run.write_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE,
+                               best.read_bytes())
     run.build(state.model_phase, on_model)
     if found:
         with run.strategy.scope():
@@ -394,6 +425,17 @@ def _phase_done(phase: _Phase, state: TrainState, history: pd.DataFrame) -> bool
         return True
     ran = history.loc[history["phase"] == phase.number, "epoch"]
     return ran.empty or int(ran.max()) + 1 != state.next_epoch
+
+
+def _check_workers_agree(run: _Run, found: Path | None, state: TrainState) -> None:
+    """Every worker must resume from the same checkpoint (they read it from ``--out``)."""
+    mark = -1 if found is None else state.next_phase * 1_000_000 + state.next_epoch
+    marks = gather_from_workers(run.strategy, mark)
+    if len(set(marks)) > 1:
+        seen = ", ".join("none" if m < 0 else f"epoch {m % 1_000_000}" for m in marks)
+        raise IcapnetError(f"{run.model_dir}: the workers found different checkpoints ({seen}); "
+                           "--out must be one folder every worker reads (a shared file system "
+                           f"or gs://), this is {worker_name(run.strategy)}")
 
 
 def _trim_history(history: pd.DataFrame, next_epoch: int) -> pd.DataFrame:
