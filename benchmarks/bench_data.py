@@ -100,7 +100,7 @@ def write_random_cache(root: Path, captions: dict[str, dict[str, list[str]]],
     import tensorflow as tf
 
     from icapnet.config import RANDOM_BACKBONE
-    from icapnet.data.features import serialize_record
+    from icapnet.data.cache import serialize_record
     from icapnet.data.text import Vocabulary, normalize_caption
 
     root = Path(root)

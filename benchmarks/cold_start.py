@@ -45,7 +45,7 @@ mark("import tensorflow")
 import keras
 mark("import keras")
 from icapnet.model.store import load_model_dir
-from icapnet.data.features import build_feature_extractor
+from icapnet.model.backbone import build_feature_extractor
 from icapnet.inference import decoding
 mark("import icapnet model/features/decoding")
 model, vocab, config = load_model_dir(sys.argv[1])
@@ -53,7 +53,7 @@ mark("build captioner + load its weights")
 extractor = build_feature_extractor(config.features)
 mark("build VGG16 + load its weights")
 from icapnet.data.images import load_image
-from icapnet.data.features import prepare_image
+from icapnet.model.backbone import prepare_image
 import numpy as np
 image = prepare_image(load_image(sys.argv[2]), int(config.features.image_size))
 feats = extractor(image[None], training=False)
@@ -92,8 +92,8 @@ def make_model(model_dir: Path) -> Path:
     from bench_data import flickr8k_captions
 
     from icapnet.config import Config
-    from icapnet.data.features import get_backbone
     from icapnet.data.text import Vocabulary, normalize_caption
+    from icapnet.model.backbone import get_backbone
     from icapnet.model.store import build_captioner, save_model_dir
 
     captions, _ = flickr8k_captions()

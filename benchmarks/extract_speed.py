@@ -1,6 +1,6 @@
 """Feature-extraction throughput vs a bare backbone forward pass (not a timed test).
 
-Measures images/s through the full cache path of ``icapnet.data.features.build_cache``
+Measures images/s through the full cache path of ``icapnet.data.cache_build.build_cache``
 (read JPEG + SHA-1 + decode in a thread pool, resize + preprocess inside the model, forward
 pass, float16 records streamed into TFRecord shards, manifest/vocab/captions writes) and
 divides it by the images/s of the bare backbone cut at the same layer (the Keras trunk
@@ -57,17 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     from icapnet.config import DataConfig
+    from icapnet.data.cache_build import build_cache
     from icapnet.data.datasets import load_dataset
-    from icapnet.data.features import (
-        build_cache,
+    from icapnet.data.images import load_image
+    from icapnet.data.synthetic import generate_scenes
+    from icapnet.model.backbone import (
         build_feature_extractor,
         extractor_image_size,
         feature_config_for,
         get_backbone,
         prepare_image,
     )
-    from icapnet.data.images import load_image
-    from icapnet.data.synthetic import generate_scenes
 
     work = Path(tempfile.mkdtemp(prefix="icapnet-extract-speed-"))
     try:

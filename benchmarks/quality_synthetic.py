@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_report(args: argparse.Namespace, out: Path, summary: dict, seconds: float) -> dict:
     """Numbers, targets, configuration and timings in one JSON-able dict."""
     from icapnet.config import Config
-    from icapnet.data.features import open_cache
-    from icapnet.demo import box_coverage
+    from icapnet.data.cache import open_cache
+    from icapnet.inference.localisation import box_coverage
 
     model_dir = Path(summary["outputs"]["model"])
     config = Config.load(model_dir)

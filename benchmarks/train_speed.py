@@ -196,7 +196,7 @@ def tutorial_variant(name: str, cache: Path, pad_to: int | None, seed: int) -> t
     import numpy as np
     from tutorial_step import BATCH_SIZE, TutorialTrainer, tutorial_dataset
 
-    from icapnet.data.features import open_cache
+    from icapnet.data.cache import open_cache
 
     fc = open_cache(cache)
     vocab = fc.vocab

@@ -1,6 +1,6 @@
 """Make the README's pictures with the project's own code: an attention figure and the page.
 
-    python docs/make_figures.py --model runs/demo/model --image runs/demo/data/Images/X.jpg
+    python docs/make_figures.py --model saved_models/demo --image runs/demo/data/Images/X.jpg
 
 * ``docs/attention.png``: ``icapnet.plots.attention_figure`` (the renderer behind
   ``caption --attention-dir``) for ``--image``;

@@ -2,193 +2,64 @@
 
 Generates captioned synthetic scenes (or reads Flickr8k), builds the feature cache, trains a
 captioner, scores it on the held-out test split (greedy and beam search), captions a few
-held-out images with attention heatmaps and prints where everything went. Each stage is the
-same code the individual commands run (``prepare``, ``train``, ``evaluate``, ``caption``),
-called in one process so TensorFlow loads once.
+held-out images with attention heatmaps and prints where everything went. Each stage calls
+the same library functions as the individual commands (``prepare``, ``train``,
+``evaluate``, ``caption``), in one process so TensorFlow and the model load once.
+
+The trained model goes where ``caption`` and ``serve`` look by default
+(``saved_models/<name of --out>``, with a few held-out photos in its ``examples/`` folder for
+the web page); the data, cache, heatmaps and summary stay in the run folder. The summary
+ends with the exact commands that caption a photo and open the web page.
 
 Re-running the same command reuses what is done: the scenes and the feature cache are kept,
 training resumes from its last checkpoint (or is skipped when finished), and only
 evaluation and captioning run again. A folder holding a run with other data settings is an
 error rather than a silent mix.
 
-On synthetic scenes the demo also reports *attention localisation*: when the decoder writes a
-shape word, the share of its attention mass that falls on the box of the object it names.
+On synthetic scenes the demo also reports *attention localisation*
+(:mod:`icapnet.inference.localisation`), computed on the same decoded test captions as the
+metrics: when the decoder writes a shape word, the share of its attention mass that falls
+on the box of the object it names.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from icapnet import cli
+from icapnet.config import DEFAULT_BEAM, Config, DataConfig, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError, require_positive, run_cli
-from icapnet.io import atomic_write_text
+from icapnet.io import atomic_write_bytes, atomic_write_text
+from icapnet.layout import LOSS_PLOT_FILE, METRICS_FILE
+from icapnet.model.store import DEFAULT_MODELS_DIR
+from icapnet.presets import PRESETS, apply_preset, preset_for, preset_help
 
 DATASETS = ("synthetic", "flickr8k")
 SUMMARY_FILE = "summary.json"
 STAMP_FILE = "demo.json"
+EXAMPLES_FILE = "captions.jsonl"  # the captioned held-out examples
+MODEL_EXAMPLES_DIR = "examples"  # held-out photos beside the model, for the web page
+MAX_MODEL_EXAMPLES = 6
+MAX_EXAMPLE_BYTES = 4 * 1024 * 1024
 # Sized so the synthetic demo finishes in under ~10 minutes on 2 CPU cores.
 DEFAULT_NUM_IMAGES = 400
 DEFAULT_EPOCHS = 20
 # The synthetic demo trains a half-width model (about 3x cheaper per step than the default
 # GRU 512 / attention 512 / embedding 256); flickr8k and explicit flags use the real sizes.
 SMALL_MODEL = {"units": 256, "attention_units": 256, "embedding_dim": 128}
-
-
-# --------------------------------------------------------------------------- localisation
-
-
-def box_coverage(box: Sequence[float], width: int, height: int, grid: int = 14) -> np.ndarray:
-    """[grid, grid] fraction of each attention cell's area covered by ``box``.
-
-    ``box`` is ``[x0, y0, x1, y1]`` in pixels of a ``width`` x ``height`` image; the cells
-    tile the image the way the backbone's feature grid does after the square resize.
-    """
-    edges = np.linspace(0.0, 1.0, grid + 1)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    bx0, bx1, by0, by1 = x0 / width, x1 / width, y0 / height, y1 / height
-    ox = np.clip(np.minimum(edges[1:], bx1) - np.maximum(edges[:-1], bx0), 0.0, None) * grid
-    oy = np.clip(np.minimum(edges[1:], by1) - np.maximum(edges[:-1], by0), 0.0, None) * grid
-    return (oy[:, None] * ox[None, :]).astype(np.float32)
-
-
-def attention_in_box(
-    words: Sequence[str],
-    attention: np.ndarray,
-    objects: Sequence[Mapping[str, Any]],
-    image_size: tuple[int, int],
-    window: int = 3,
-    phrase: bool = False,
-) -> tuple[list[float], int]:
-    """Attention mass inside the named object's box, one value per shape word of a caption.
-
-    ``attention`` is [T, R] (or [T, g, g]) for ``words``; ``objects`` are the scene's boxes
-    (``{"shape", "color", "size", "box"}``), ``image_size`` is ``(width, height)``. The
-    object named by a shape word is the one of that shape whose colour and size agree with
-    the adjectives among the ``window`` words before it; when several still match, their
-    boxes are merged. Mass inside a box is ``sum(alpha * covered fraction of the cell)``.
-    Returns ``(shares, unmatched)``: ``unmatched`` counts shape words naming no object in
-    the scene (a wrong caption, not a localisation), which are left out of ``shares``.
-    With ``phrase=True`` each share is instead the mean over the steps of the whole phrase
-    (the size/colour words before the shape word, and the shape word itself): a decoder may
-    look at the object while writing its adjectives and carry the shape in its state.
-    """
-    att = np.asarray(attention, dtype=np.float32).reshape(len(attention), -1)
-    grid = math.isqrt(att.shape[1])
-    shapes = {str(o["shape"]) for o in objects}
-    known_shapes = shapes | _SHAPE_WORDS
-    colours = _COLOUR_WORDS | {str(o["color"]) for o in objects}
-    sizes = _SIZE_WORDS | {str(o["size"]) for o in objects}
-    shares: list[float] = []
-    unmatched = 0
-    for t, word in enumerate(words[: len(att)]):
-        if word not in known_shapes:
-            continue
-        before = set(words[max(0, t - window) : t])
-        found = [
-            o for o in objects
-            if o["shape"] == word
-            and all(a == o["color"] for a in before & colours)
-            and all(a == o["size"] for a in before & sizes)
-        ]
-        if not found:
-            unmatched += 1
-            continue
-        cover = np.max([box_coverage(o["box"], *image_size, grid=grid) for o in found], axis=0)
-        steps = [t]
-        if phrase:
-            steps += [s for s in range(max(0, t - window), t) if words[s] in colours | sizes]
-        shares.append(float(np.mean([np.sum(att[s].reshape(grid, grid) * cover)
-                                     for s in steps])))
-    return shares, unmatched
-
-
-_SHAPE_WORDS = {"circle", "square", "triangle"}
-_COLOUR_WORDS = {"red", "green", "blue", "yellow"}
-_SIZE_WORDS = {"small", "large"}
-
-
-def localisation_report(
-    model: Any,
-    vocab: Any,
-    cache_dir: str | Path,
-    image_paths: Mapping[str, str | Path],
-    split: str = "test",
-    beams: Sequence[int] = (1, 3),
-    max_length: int = 40,
-    batch_size: int = 32,
-) -> dict[str, dict[str, Any]]:
-    """Attention-in-box for every image of a synthetic cache split, per beam size.
-
-    Captions are decoded free-running from the cached features; image sizes come from the
-    image files (``image_paths``: image_id -> file) so boxes map onto the feature grid
-    whatever size the scenes were drawn at.
-    """
-    from PIL import Image
-
-    from icapnet.data.features import open_cache
-    from icapnet.data.pipeline import make_image_dataset
-    from icapnet.inference.decoding import decode
-
-    cache = open_cache(cache_dir)
-    boxes = cache.boxes
-    if not boxes:
-        raise IcapnetError(f"{cache_dir}: cache has no boxes.json (not a synthetic dataset)")
-    sizes: dict[str, tuple[int, int]] = {}
-    report: dict[str, dict[str, Any]] = {}
-    for beam in beams:
-        shares: list[float] = []
-        phrase_shares: list[float] = []
-        unmatched = images = 0
-        for raw_ids, features in make_image_dataset(cache_dir, split, batch_size):
-            res = decode(model, features, beam, max_length).to_numpy()
-            for k, raw in enumerate(raw_ids.numpy()):
-                image_id = raw.decode("utf-8")
-                if image_id not in boxes:
-                    continue
-                if image_id not in sizes:
-                    with Image.open(image_paths[image_id]) as img:
-                        sizes[image_id] = img.size
-                words = vocab.tokens(res.tokens[k])
-                got, missed = attention_in_box(words, res.attention[k], boxes[image_id],
-                                               sizes[image_id])
-                shares += got
-                unmatched += missed
-                phrase_shares += attention_in_box(words, res.attention[k], boxes[image_id],
-                                                  sizes[image_id], phrase=True)[0]
-                images += 1
-        report[f"beam{beam}"] = {
-            "attention_in_box": float(np.mean(shares)) if shares else None,
-            # the same boxes, averaged over the size/colour/shape words of each phrase
-            "attention_in_box_phrase": float(np.mean(phrase_shares)) if phrase_shares else None,
-            "shape_words": len(shares),
-            "unmatched_shape_words": unmatched,
-            "num_images": images,
-        }
-    return report
-
-
-def chance_in_box(boxes: Mapping[str, Sequence[Mapping[str, Any]]],
-                  sizes: Mapping[str, tuple[int, int]]) -> float:
-    """Share a uniform attention map would put inside the objects' boxes (the baseline)."""
-    values = [
-        float(box_coverage(o["box"], *sizes[i]).mean())
-        for i, objs in boxes.items() if i in sizes for o in objs
-    ]
-    return float(np.mean(values)) if values else 0.0
-
-
-# --------------------------------------------------------------------------- the demo
+# Config fields the demo has its own flags for, or that the feature cache decides.
+_OWN_MODEL_FLAGS = frozenset({"units", "attention_units", "embedding_dim"})
+_OWN_TRAIN_FLAGS = frozenset({"epochs", "batch_size", "seed", "preset"})
+_FROM_CACHE = frozenset({"vocab_size", "num_regions", "feature_dim"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.demo",
         description="Generate synthetic scenes (or read Flickr8k), build the feature cache, "
         "train a captioner, evaluate it and caption held-out images with attention heatmaps.",
-        epilog="Other flags go to 'python -m icapnet.train' (e.g. --learning-rate 1e-3 "
-        "--dropout 0.3).",
+        epilog="The model and training flags are those of 'python -m icapnet.train'.",
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo",
+                   help="run folder: data, feature cache, heatmaps, summary (default: runs/demo)")
+    p.add_argument("--model-dir", default=None,
+                   help="where the trained model goes (default: saved_models/NAME, NAME being "
+                   "the run folder's name): 'caption' and 'serve' use the newest model under "
+                   "saved_models/ when given no --model")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None, help=preset_help())
     p.add_argument("--dataset", choices=DATASETS, default="synthetic")
     p.add_argument("--data-dir", default=None,
                    help="dataset folder (synthetic: default OUT/data, generated if needed)")
@@ -220,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention size (default: 256 synthetic, 512 flickr8k)")
     p.add_argument("--full-size", dest="small", action="store_false",
                    help="synthetic: train the default-size model, not the small demo one")
-    p.add_argument("--beam", type=int, default=3, metavar="K",
-                   help="beam size evaluated next to greedy (default 3)")
+    p.add_argument("--beam", type=int, default=DEFAULT_BEAM, metavar="K",
+                   help=f"beam width evaluated next to greedy (default {DEFAULT_BEAM})")
     p.add_argument("--show", type=int, default=6, metavar="N",
                    help="held-out images to caption with attention heatmaps (default 6)")
     p.add_argument("--split", choices=("official", "random"), default="official",
@@ -234,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="backbone input size for the feature cache (default: the backbone's, "
                    "224 for VGG16: 14x14 regions; 160 gives 10x10)")
+    p.add_argument("--quiet", action="store_true", help="no training progress bar")
+    cli.add_config_flags(p, ModelConfig, "model (as in train)",
+                         skip=_FROM_CACHE | _OWN_MODEL_FLAGS, unset_default=True)
+    cli.add_config_flags(p, TrainConfig, "training (as in train)", skip=_OWN_TRAIN_FLAGS,
+                         unset_default=True)
     return p
 
 
@@ -269,8 +150,10 @@ def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[st
     return settings
 
 
-def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
-    path = out / STAMP_FILE
+def _check_stamp(folder: Path, settings: dict[str, Any], what: str = "demo run folder",
+                 flag: str = "--out") -> None:
+    """A folder the demo reuses must hold a demo run with the same settings (or nothing)."""
+    path = folder / STAMP_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -280,55 +163,16 @@ def _check_stamp(out: Path, settings: dict[str, Any]) -> None:
             diff = sorted(k for k in settings if not isinstance(old, dict)
                           or old.get(k) != settings[k])
             raise IcapnetError(
-                f"{out}: holds a demo run with other settings ({', '.join(diff)}); "
-                "use another --out or delete that folder"
+                f"{folder}: holds a demo run with other settings ({', '.join(diff)}); "
+                f"use another {flag} or delete that folder"
             )
-    elif out.is_dir() and any(out.iterdir()):
-        raise IcapnetError(f"{out}: exists and is not a demo run folder; choose another --out")
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise IcapnetError(f"{folder}: exists and is not a {what}; choose another {flag}")
 
 
-def _train_flags() -> set[str]:
-    from icapnet.train import build_parser as train_parser
-
-    return {s for a in train_parser()._actions for s in a.option_strings if s.startswith("--")}
-
-
-_TRAIN_FLAGS = _train_flags()
-
-
-def _train_argv(args: argparse.Namespace, cache: Path, model_dir: Path,
-                extra: Sequence[str]) -> list[str]:
-    argv = ["--cache", str(cache), "--out", str(model_dir), "--seed", str(args.seed), *extra]
-    epochs = args.epochs or (DEFAULT_EPOCHS if args.dataset == "synthetic" else None)
-    for flag, value in (("--epochs", epochs), ("--batch-size", args.batch_size),
-                        ("--units", args.units), ("--embedding-dim", args.embedding_dim),
-                        ("--attention-units", args.attention_units)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _call(stage: str, main: Any, argv: list[str], capture: bool = False) -> str:
-    """Run another command's ``main``; a non-zero exit stops the demo with one line."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer) if capture else contextlib.nullcontext():
-        code = main(argv)
-    if code:
-        raise IcapnetError(f"{stage}: stopped with exit code {code} (see the messages above)")
-    return buffer.getvalue()
-
-
-def _test_images(cache_dir: Path, image_paths: Mapping[str, Path], count: int) -> list[Path]:
-    from icapnet.data.features import open_cache
-
-    ids = [i for i in open_cache(cache_dir).image_ids("test") if i in image_paths]
-    return [image_paths[i] for i in ids[:count]]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args, train_extra = build_parser().parse_known_args(argv)
-    unknown = [a for a in train_extra if a.startswith("--") and a.split("=")[0] not in _TRAIN_FLAGS]
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags with the demo's defaults filled in; unknown flags are a one-line error."""
+    args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         raise IcapnetError(f"{unknown[0]}: unknown flag (not a demo or train option)")
     require_positive(args, optional=("num_images", "epochs", "batch_size", "units",
@@ -336,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show < 0:
         raise IcapnetError(f"--show: must be >= 0, got {args.show}")
     synthetic = args.dataset == "synthetic"
-    random_split = not synthetic and args.split == "random"
     if not synthetic and not args.data_dir:
         raise IcapnetError("--data-dir: required for --dataset flickr8k "
                            "(get it with 'python -m icapnet.download --data-dir D')")
@@ -346,16 +189,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, value in SMALL_MODEL.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    if synthetic and args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
+    return args
+
+
+def demo_config(args: argparse.Namespace, data_dir: Path) -> Config:
+    """The training Config: train's defaults, the preset (named, or the dataset's), the demo's
+    sizes, then the flags given."""
+    base = apply_preset(Config(), args.preset or preset_for(args.dataset))
+    return Config(model=cli.config_section(ModelConfig, args, base=base.model, skip=_FROM_CACHE),
+                  train=cli.config_section(TrainConfig, args, base=base.train),
+                  data=DataConfig(dataset=args.dataset, data_dir=str(data_dir)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    synthetic = args.dataset == "synthetic"
     weights = args.weights or ("none" if synthetic else "imagenet")
     out = Path(args.out)
     data_dir = Path(args.data_dir) if args.data_dir else out / "data"
-    cache_dir, model_dir, attention_dir = out / "cache", out / "model", out / "attention"
-    _check_stamp(out, _settings(args, data_dir, weights))
+    cache_dir, attention_dir = out / "cache", out / "attention"
+    model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODELS_DIR / out.resolve().name
+    config = demo_config(args, data_dir)
+    config.validate()
+    settings = _settings(args, data_dir, weights)
+    _check_stamp(out, settings)
+    _check_stamp(model_dir, settings, "model directory of this demo", "--model-dir")
+    for folder in (out, model_dir):
+        atomic_write_text(folder / STAMP_FILE, json.dumps(settings, indent=2, sort_keys=True)
+                          + "\n")
     started = time.perf_counter()
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from icapnet import evaluate, prepare, train
+    cli.start(log_info=True)
+    from icapnet.data.cache import describe_cache, open_cache
+    from icapnet.data.cache_build import build_cache, limit_dataset
     from icapnet.data.datasets import load_dataset
+    from icapnet.inference.captioning import load_predictor
+    from icapnet.model.backbone import feature_config_for
+    from icapnet.model.training import describe_history, train
 
     stages = _Stages()
     stages.start(1, "data", f"data: {args.dataset} in {data_dir}")
@@ -363,86 +235,156 @@ def main(argv: Sequence[str] | None = None) -> int:
         from icapnet.data.synthetic import ensure_scenes
 
         ensure_scenes(data_dir, args.num_images, seed=args.seed)
-    split = ["--split", "random", "--seed", str(args.seed)] if random_split else []
+    random_split = not synthetic and args.split == "random"
     dataset = load_dataset(args.dataset, data_dir,
                            **({"split": "random", "seed": args.seed} if random_split else {}))
     print(f"  {len(dataset.images)} images")
 
     stages.start(2, "features", f"feature cache ({weights} weights): {cache_dir}")
-    prep = ["--dataset", args.dataset, "--data-dir", str(data_dir), "--out", str(cache_dir),
-            "--weights", weights, *split]
+    data_cfg = DataConfig(dataset=args.dataset, data_dir=str(data_dir), cache_dir=str(cache_dir))
     if not synthetic and args.num_images:
-        prep += ["--limit", str(args.num_images)]
-    if args.image_size:
-        prep += ["--image-size", str(args.image_size)]
-    _call("prepare", prepare.main, prep)
+        dataset = limit_dataset(dataset, args.num_images)
+    build_cache(dataset, cache_dir, feature_config_for("vgg16", weights,
+                                                         image_size=args.image_size), data_cfg)
+    cache = open_cache(cache_dir)
+    print(describe_cache(cache, data_cfg))
 
-    stages.start(3, "training", f"training (resumes if interrupted): {model_dir}")
-    _call("train", train.main, _train_argv(args, cache_dir, model_dir, train_extra))
+    stages.start(3, "training", f"training, preset {config.train.preset} (resumes if "
+                 f"interrupted): {model_dir}")
+    history = train(config, cache_dir, model_dir, verbose=0 if args.quiet else 1)
+    print(describe_history(history))
 
     stages.start(4, "evaluation", "evaluating on the held-out test split (greedy and beam)")
+    predictor = load_predictor(model_dir)
     beams = sorted({1, args.beam})
-    for beam in beams:
-        ev = ["--model", str(model_dir), "--split", "test", "--beam", str(beam)]
-        _call(f"evaluate (beam {beam})", evaluate.main,
-              ev + (["--no-coco"] if args.no_coco else []))
-    metrics = json.loads((model_dir / evaluate.METRICS_FILE).read_text(encoding="utf-8"))
-    localisation = None
-    if synthetic:
-        from icapnet.model.store import load_model_dir
-
-        model, vocab, config = load_model_dir(model_dir)
-        localisation = localisation_report(model, vocab, cache_dir, dataset.images, "test",
-                                           beams, int(config.model.max_length))
+    metrics, localisation = _evaluate(args, predictor, model_dir, cache, dataset, beams)
 
     stages.start(5, "captions", f"captioning {args.show} held-out images with attention "
                  f"heatmaps: {attention_dir}")
-    shown = _caption_examples(args, cache_dir, model_dir, attention_dir, dataset, out)
+    shown = _caption_examples(args, predictor, cache, dataset, attention_dir, out)
+    examples = _copy_examples(cache, dataset, model_dir)
     stages.stop()
 
     summary = _summary(out, model_dir, attention_dir, metrics, localisation, shown,
-                       time.perf_counter() - started, beams, stages.seconds)
+                       time.perf_counter() - started, stages.seconds)
+    summary["next"] = _next_commands(model_dir, examples, out)
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, metrics, localisation, beams)
     return 0
 
 
-def _caption_examples(args: argparse.Namespace, cache_dir: Path, model_dir: Path,
-                      attention_dir: Path, dataset: Any, out: Path) -> list[dict[str, Any]]:
-    """Caption a few test images through ``icapnet.caption`` (heatmap PNG + .npz each)."""
-    from icapnet import caption
+def _evaluate(args: argparse.Namespace, predictor: Any, model_dir: Path, cache: Any,
+              dataset: Any, beams: list[int]) -> tuple[dict[str, dict], dict | None]:
+    """Score the test split per beam; on synthetic scenes, localisation of the same captions."""
+    from icapnet.inference.evaluation import evaluate_split
+    from icapnet.inference.localisation import LocalisationTally
+
+    metrics: dict[str, dict] = {}
+    localisation: dict[str, dict] | None = {} if cache.boxes else None
+    for beam in beams:
+        tally = LocalisationTally(cache.boxes, dataset.images) if cache.boxes else None
+        done = evaluate_split(predictor.model, predictor.vocab, predictor.config, model_dir,
+                              cache.root, "test", beam, coco=not args.no_coco,
+                              on_result=tally.add if tally else None)
+        metrics[f"beam{beam}"] = done.entry
+        if tally is not None:
+            localisation[f"beam{beam}"] = tally.report()
+        print(f"  {_column(beam)}: {done.entry['num_images']} test images captioned and scored "
+              f"in {done.seconds:.1f} s")
+    return metrics, localisation
+
+
+def _column(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
+
+
+def _caption_examples(args: argparse.Namespace, predictor: Any, cache: Any, dataset: Any,
+                      attention_dir: Path, out: Path) -> list[dict[str, Any]]:
+    """Caption a few test images (heatmap PNG + .npz each) and print them next to a reference."""
+    from icapnet.inference.captioning import caption_files
 
     if not args.show:
         return []
-    paths = _test_images(cache_dir, dataset.images, args.show)
-    text = _call("caption", caption.main,
-                 [*map(str, paths), "--model", str(model_dir), "--beam", str(args.beam),
-                  "--attention-dir", str(attention_dir), "--json"], capture=True)
-    shown = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for record in shown:
-        name = Path(record["path"]).name
-        record["reference"] = (dataset.captions.get(name) or [""])[0]
-        print(f"  {name}: {record['caption']}\n  {'':{len(name)}}  "
+    ids = [i for i in cache.image_ids("test") if i in dataset.images][: args.show]
+    records = caption_files(predictor, [dataset.images[i] for i in ids], beam_size=args.beam,
+                            attention_dir=attention_dir)
+    shown = []
+    for image_id, record in zip(ids, records, strict=True):
+        if not isinstance(record, dict):
+            print(f"  error: {record}")
+            continue
+        record["reference"] = (dataset.captions.get(image_id) or [""])[0]
+        print(f"  {image_id}: {record['caption']}\n  {'':{len(image_id)}}  "
               f"(a reference: {record['reference']})")
-    atomic_write_text(out / "captions.jsonl",
+        shown.append(record)
+    atomic_write_text(out / EXAMPLES_FILE,
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shown))
     return shown
 
 
+def _copy_examples(cache: Any, dataset: Any, model_dir: Path) -> list[Path]:
+    """A few held-out test photos into MODEL/examples/: the web page offers them to click,
+    and the summary's caption command uses one."""
+    folder = model_dir / MODEL_EXAMPLES_DIR
+    ids = [i for i in cache.image_ids("test") if i in dataset.images]
+    written = []
+    for image_id in ids:
+        if len(written) == MAX_MODEL_EXAMPLES:
+            break
+        source = Path(dataset.images[image_id])
+        if source.stat().st_size > MAX_EXAMPLE_BYTES:
+            continue
+        target = folder / source.name
+        if not target.is_file():
+            atomic_write_bytes(target, source.read_bytes())
+        written.append(target)
+    return written
+
+
+def _python() -> str:
+    """How to call this interpreter in the printed commands: ``python`` when that is what
+    the PATH finds, else its path (e.g. ``.venv/bin/python`` right after set-up)."""
+    exe = Path(sys.executable).absolute()
+    found = shutil.which("python")
+    if found and Path(found).absolute() == exe:
+        return "python"
+    relative = os.path.relpath(exe)
+    return relative if not relative.startswith("..") else str(exe)
+
+
+def _next_commands(model_dir: Path, examples: list[Path], out: Path) -> list[dict[str, str]]:
+    """The commands that use the model just trained: caption a photo (with heatmaps), serve."""
+    from icapnet.model.store import find_default_model
+
+    try:
+        is_default = find_default_model().resolve() == model_dir.resolve()
+    except IcapnetError:
+        is_default = False
+    model = "" if is_default else f" --model {shlex.quote(str(model_dir))}"
+    python = shlex.quote(_python())
+    photo = shlex.quote(str(examples[0])) if examples else "photo.jpg"
+    heatmaps = shlex.quote(str(out / "heatmaps"))
+    return [
+        {"what": "caption a photo and draw where the model looked for each word",
+         "command": f"{python} -m icapnet.caption {photo}{model} --attention-dir {heatmaps}"},
+        {"what": "open the web page at http://127.0.0.1:8000/ (Ctrl+C stops it)",
+         "command": f"{python} -m icapnet.serve{model}"},
+    ]
+
+
 def _summary(out: Path, model_dir: Path, attention_dir: Path, metrics: dict,
              localisation: dict | None, shown: list[dict], seconds: float,
-             beams: list[int], stage_seconds: dict[str, float]) -> dict[str, Any]:
-    test = metrics.get("test", {})
+             stage_seconds: dict[str, float]) -> dict[str, Any]:
     return {
-        "metrics": {f"beam{b}": test.get(f"beam{b}", {}) for b in beams},
+        "metrics": metrics,
         "attention_localisation": localisation,
         "captions": shown,
         "outputs": {
             "model": str(model_dir),
-            "metrics": str(model_dir / "metrics.json"),
-            "loss_curves": str(model_dir / "loss.png"),
+            "metrics": str(model_dir / METRICS_FILE),
+            "loss_curves": str(model_dir / LOSS_PLOT_FILE),
             "attention": str(attention_dir),
-            "captions": str(out / "captions.jsonl"),
+            "captions": str(out / EXAMPLES_FILE),
             "summary": str(out / SUMMARY_FILE),
         },
         "seconds": round(seconds, 1),
@@ -454,18 +396,18 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
                    beams: list[int]) -> None:
     from icapnet.inference.metrics import format_table
 
-    test = metrics.get("test", {})
-    rows = {("greedy" if b == 1 else f"beam {b}"): {
-        k: v for k, v in test.get(f"beam{b}", {}).items() if isinstance(v, float)
-    } for b in beams}
+    rows = {_column(b): {k: v for k, v in metrics.get(f"beam{b}", {}).items()
+                         if isinstance(v, float)} for b in beams}
+    images = {metrics.get(f"beam{b}", {}).get("num_images") for b in beams} - {None}
     print("\n" + "=" * 60)
-    print("test-split metrics\n")
+    count = f", {images.pop()} images" if len(images) == 1 else ""
+    print(f"test-split metrics (free-running captions{count})\n")
     print(format_table(rows))
     if localisation:
-        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
-                          f"{_fmt(localisation[f'beam{b}']['attention_in_box'])}" for b in beams)
+        cells = "  ".join(f"{_column(b)}: {_fmt(localisation[f'beam{b}']['attention_in_box'])}"
+                          for b in beams)
         print(f"\nattention in the named object's box, at its shape word  {cells}")
-        cells = "  ".join(f"{('greedy' if b == 1 else f'beam {b}')}: "
+        cells = "  ".join(f"{_column(b)}: "
                           f"{_fmt(localisation[f'beam{b}'].get('attention_in_box_phrase'))}"
                           for b in beams)
         print(f"  ... averaged over its size/colour/shape words            {cells}")
@@ -477,6 +419,9 @@ def _print_summary(summary: dict, metrics: dict, localisation: dict | None,
     for name, path in summary["outputs"].items():
         print(f"  {name.ljust(width)}  {path}")
     print(f"\ndone in {summary['seconds'] / 60:.1f} min")
+    print("\nnext:")
+    for step in summary.get("next", []):
+        print(f"  # {step['what']}\n  {step['command']}")
 
 
 def _precision(loc: Mapping[str, Any]) -> str:

@@ -25,6 +25,17 @@ def run_cli(
         return 130
     except BrokenPipeError:
         return quiet_broken_pipe()
+    except Exception as err:
+        from icapnet.io import is_disk_full  # io imports this module
+
+        if not is_disk_full(err):
+            raise
+        # A write outside icapnet.io (TensorFlow's logs, a library's cache): name what we can.
+        reason = str(err).splitlines()[0] if str(err) else repr(err)
+        where = getattr(err, "filename", None)
+        print(f"error: {where}: disk full ({reason})" if where else
+              f"error: disk full: {reason}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

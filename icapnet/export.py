@@ -17,6 +17,8 @@ Outputs: ``captions`` [N] string, ``words`` [N, T] string ("" after the last wor
 [N, T, grid, grid] float32 (zeros where ``words`` is ""). A batch with a file that is not an
 image fails as a whole (InvalidArgumentError); EXIF rotation is not applied (the Python path
 applies it).
+``beam_size`` above 50 (or above the tokens the model can write) and ``max_length`` above
+100 fail the same way, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from icapnet import cli, fs
+from icapnet.config import DEFAULT_BEAM
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.model.store import resolve_model
 
 EXPORT_INFO_FILE = "icapnet_export.json"
 
@@ -43,15 +45,21 @@ def build_serving_module(
     words: Sequence[str],
     image_size: int,
     max_length: int,
-    beam_size: int = 1,
+    beam_size: int = DEFAULT_BEAM,
     length_penalty: float = 0.0,
 ) -> Any:
     """A ``tf.Module`` with ``caption(images, beam_size, max_length)`` (see module doc)."""
     import tensorflow as tf
 
-    from icapnet.data.features import resize_images
+    from icapnet.config import MAX_CAPTION_LENGTH
     from icapnet.data.text import Vocabulary
-    from icapnet.inference.decoding import beam_graph, greedy_graph
+    from icapnet.inference.decoding import (
+        assert_at_most,
+        beam_graph,
+        greedy_graph,
+        max_beam_size,
+    )
+    from icapnet.model.backbone import resize_images
 
     regions = int(extractor.output.shape[1])
     grid = math.isqrt(regions)
@@ -59,6 +67,7 @@ def build_serving_module(
         raise IcapnetError(f"{extractor.name}: {regions} regions do not form a square grid")
     size = int(image_size)
     alpha = float(length_penalty)
+    beam_limit = max_beam_size(len(words))
     end_id, pad_id = Vocabulary.end_id, Vocabulary.pad_id
 
     def decode_one(data: tf.Tensor) -> tf.Tensor:
@@ -101,6 +110,9 @@ def build_serving_module(
         def caption_with_options(
             self, images: tf.Tensor, beam_size: tf.Tensor, max_length: tf.Tensor
         ) -> dict[str, tf.Tensor]:
+            # Out-of-bounds requests fail as InvalidArgumentError (the process lives on).
+            beam_size = assert_at_most(beam_size, beam_limit, "beam_size")
+            max_length = assert_at_most(max_length, MAX_CAPTION_LENGTH, "max_length")
             pixels = tf.map_fn(
                 decode_one, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)
             )
@@ -160,30 +172,28 @@ def export_saved_model(
     model_dir: str | Path,
     out_dir: str | Path,
     feature_weights: str | None = None,
-    beam_size: int = 1,
+    beam_size: int = DEFAULT_BEAM,
     max_length: int | None = None,
     length_penalty: float = 0.0,
 ) -> Path:
-    """Export ``model_dir`` to ``out_dir`` (written atomically); also ensures model.keras."""
+    """Export ``model_dir`` to ``out_dir`` (written atomically)."""
     import tensorflow as tf
 
+    from icapnet.inference.decoding import check_decoding
     from icapnet.inference.predictor import Predictor
-    from icapnet.io import atomic_path
+    from icapnet.io import atomic_path, remove_stale_temps
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if beam_size < 1:
-        raise IcapnetError(f"--beam {beam_size}: beam size must be at least 1")
-    if max_length is not None and max_length < 1:
-        raise IcapnetError(f"--max-length {max_length}: must be at least 1")
+    model_dir, out_dir = fs.path(model_dir), fs.path(out_dir)
+    check_decoding(beam_size, max_length or 1, None, "--beam", "--max-length")
     if out_dir.resolve() == model_dir.resolve():
         raise IcapnetError(f"{out_dir}: choose an export folder other than the model directory")
     if out_dir.exists() and not out_dir.is_dir():
         raise IcapnetError(f"{out_dir}: exists and is not a directory")
     _log(f"loading {model_dir}")
     predictor = Predictor.from_dir(model_dir, feature_weights)
-    ensure_keras_file(model_dir, predictor.model)
     config = predictor.config
     length = int(max_length or config.model.max_length)
+    check_decoding(beam_size, length, len(predictor.vocab), "--beam", "--max-length")
     _log("building the serving graph (backbone + decoder + vocabulary)")
     module = build_serving_module(
         predictor.model,
@@ -208,6 +218,7 @@ def export_saved_model(
         "config": config.to_dict(),
     }
     _log(f"saving SavedModel to {out_dir}")
+    remove_stale_temps(out_dir.parent, targets=[out_dir.name])  # of a killed export
     with atomic_path(out_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"
@@ -216,54 +227,30 @@ def export_saved_model(
     return out_dir
 
 
-def ensure_keras_file(model_dir: Path, model: Any) -> Path:
-    """Write ``model_dir/model.keras`` (Keras' native format) if it is missing, atomically."""
-    import tempfile
-
-    from icapnet.io import atomic_path
-
-    path = Path(model_dir) / "model.keras"
-    if path.is_file():
-        return path
-    _log(f"writing {path}")
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=model_dir) as work:
-        staged = Path(work) / "model.keras"  # Keras insists on the .keras suffix
-        model.save(str(staged))
-        os.replace(staged, tmp)
-    return path
-
-
 def _log(message: str) -> None:
     print(f"export: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m icapnet.export",
         description="Export a trained model as a TensorFlow SavedModel that captions image bytes.",
     )
-    parser.add_argument("--model", required=True,
-                        help="trained model directory, packaged .zip or http(s) URL of one")
-    parser.add_argument("--out", required=True, type=Path, help="SavedModel output directory")
-    parser.add_argument(
-        "--beam", type=int, default=1, help="default beam size baked in (1 = greedy)"
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="default longest caption (config's)"
-    )
-    parser.add_argument(
-        "--length-penalty", type=float, default=0.0, help="GNMT length penalty alpha for beams"
-    )
-    parser.add_argument(
-        "--feature-weights",
-        default=None,
-        help="override the backbone weights recorded in the model (imagenet | none | .h5)",
-    )
-    args = parser.parse_args(argv)
-    from icapnet.caption import resolve_model
+    cli.add_model_flag(parser, required=True)
+    parser.add_argument("--out", required=True, type=fs.path,
+                        help="SavedModel output directory (a folder or a gs:// ... URL)")
+    cli.add_decoding_flags(parser, beam_help="default beam size baked in (1 = greedy)",
+                           length_penalty=True, feature_weights=True)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.check_decoding_flags(args)
+    model_dir = resolve_model(args.model)
+    cli.start()
     out = export_saved_model(
-        resolve_model(args.model),
+        model_dir,
         args.out,
         feature_weights=args.feature_weights,
         beam_size=args.beam,

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from icapnet.caption import DEFAULT_MODELS_DIR, resolve_model
 from icapnet.errors import run_cli
+from icapnet.model.store import DEFAULT_MODELS_DIR, resolve_model
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from icapnet.caption import DEFAULT_MODELS_DIR, resolve_model
+from icapnet import cli
+from icapnet.config import DEFAULT_BEAM, MAX_BEAM_SIZE
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.model.store import resolve_model
 from icapnet.web.app import DEFAULT_MAX_BEAM_SIZE
 
 
@@ -25,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m icapnet.serve",
         description="Serve a web page and JSON API that caption uploaded photos.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="model directory, packaged .zip or http(s) URL of one "
-        f"(default: the newest folder under {DEFAULT_MODELS_DIR}/ "
-        "with a config.json)",
-    )
+    cli.add_model_flag(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     parser.add_argument(
@@ -64,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.max_upload_mb <= 1024:
         raise IcapnetError(f"--max-upload-mb: must be in (0, 1024], got {args.max_upload_mb}")
-    if not 1 <= args.max_beam_size <= 100:
-        raise IcapnetError(f"--max-beam-size: must be from 1 to 100, got {args.max_beam_size}")
+    if not 1 <= args.max_beam_size <= MAX_BEAM_SIZE:
+        raise IcapnetError(f"--max-beam-size: must be from 1 to {MAX_BEAM_SIZE}, "
+                           f"got {args.max_beam_size}")
     if not 0 <= args.port <= 65535:
         raise IcapnetError(f"--port: must be from 0 to 65535, got {args.port}")
     model_dir = resolve_model(args.model)
@@ -73,20 +70,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise IcapnetError(f"{args.examples}: examples folder not found")
     sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.start()
     import uvicorn
 
+    from icapnet.inference.decoding import max_beam_size
     from icapnet.inference.predictor import Predictor
     from icapnet.web.app import create_app
 
     print(f"loading model {model_dir} ...", file=sys.stderr, flush=True)
     predictor = Predictor.from_dir(model_dir, feature_weights=args.feature_weights)
+    # A request may not ask for more hypotheses than the model has tokens to write.
+    args.max_beam_size = min(args.max_beam_size, max_beam_size(len(predictor.vocab)))
     if not args.no_warmup:  # trace the greedy and the beam graphs the page uses
         from icapnet.data.images import load_image_bytes
 
         warm = load_image_bytes(_warmup_png(), "warm-up image")
         predictor.caption_images([warm], beam_size=1)
-        predictor.caption_images([warm], beam_size=2, num_candidates=2)
+        beam = min(DEFAULT_BEAM, args.max_beam_size)
+        predictor.caption_images([warm], beam_size=beam, num_candidates=beam)
     app = create_app(
         predictor,
         model_dir,

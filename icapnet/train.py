@@ -1,124 +1,90 @@
 """``python -m icapnet.train --cache CACHE --out saved_models/NAME``: train or resume a captioner.
 
 Every hyperparameter flag is generated from the ModelConfig / TrainConfig fields, so a
-default lives in exactly one place (icapnet/config.py). Re-running the same command after
-an interruption continues from the last completed epoch.
+default lives in exactly one place (icapnet/config.py). ``--preset`` (icapnet/presets.py)
+replaces some defaults with a named recipe, picked by the cache's dataset when not given;
+flags given explicitly override it. Re-running the same command after an interruption
+continues from the last completed epoch; re-running a finished run with a larger
+``--epochs`` trains the extra epochs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from icapnet import cli, fs
 from icapnet.config import Config, DataConfig, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError, run_cli
+from icapnet.fs import GPath
+from icapnet.layout import HISTORY_FILE, MANIFEST_FILE, read_json
+from icapnet.presets import PRESETS, apply_preset, preset_for, preset_help
 
 # Decided by the feature cache, not by the user.
-_FROM_CACHE = {"vocab_size", "num_regions", "feature_dim"}
-_CHOICES = {
-    "decoder": ("gru", "lstm"),
-    "attention": ("bahdanau", "none"),
-    "strategy": ("default", "mirrored", "tpu"),
-    "mixed_precision": ("off", "float16", "bfloat16", "auto"),
-}
-# Flags that may be given bare: "--mixed-precision" alone means "auto" (pick by device).
-_BARE = {"mixed_precision": "auto"}
-_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_section(parser: argparse.ArgumentParser, section: type, title: str) -> None:
-    group = parser.add_argument_group(title)
-    for field in dataclasses.fields(section):
-        if field.name in _FROM_CACHE:
-            continue
-        default = field.default
-        if field.type == "bool":
-            group.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction,
-                               default=default, help=f"(default: {default})")
-            continue
-        kind = _TYPES.get(str(field.type))
-        if kind is None:
-            raise TypeError(f"{section.__name__}.{field.name}: no CLI type for {field.type}")
-        bare = {"nargs": "?", "const": _BARE[field.name]} if field.name in _BARE else {}
-        group.add_argument(_flag(field.name), type=kind, default=default,
-                           choices=_CHOICES.get(field.name), metavar=field.name.upper(),
-                           help=f"(default: {default})", **bare)
+FROM_CACHE = frozenset({"vocab_size", "num_regions", "feature_dim"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m icapnet.train",
         description="Train an attention captioner on a feature cache (resumes automatically).",
+        epilog="The progress bar and history.csv show loss (cross-entropy per word, plus "
+        "lambda x attention_penalty when the penalty is on: the number val_loss repeats on "
+        "the validation split), accuracy (share of next words predicted right), and with the "
+        "penalty on also token_loss (the cross-entropy alone) and attention_penalty (before "
+        "lambda).",
     )
-    parser.add_argument("--cache", type=Path, required=True, help="feature cache from prepare")
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--cache", type=fs.path, required=True,
+                        help="feature cache from 'python -m icapnet.prepare' (folder or gs:// URL)")
+    parser.add_argument("--out", type=fs.path, required=True,
+                        help="model directory to write, resume or extend (folder or gs:// URL)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help=preset_help())
     parser.add_argument("--dataset", default="", help="dataset name (fine-tuning reads images; "
                         "default: the one recorded in the cache)")
     parser.add_argument("--data-dir", default="", help="dataset folder (fine-tuning only; "
                         "default: the one recorded in the cache)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_section(parser, ModelConfig, "model")
-    _add_section(parser, TrainConfig, "training")
+    cli.add_config_flags(parser, ModelConfig, "model (defaults before --preset)",
+                         skip=FROM_CACHE, unset_default=True)
+    cli.add_config_flags(parser, TrainConfig, "training (defaults before --preset)",
+                         skip={"preset"}, unset_default=True)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the Config from parsed flags (cache-decided fields are filled in later)."""
-    def section(cls: type) -> object:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                  if f.name not in _FROM_CACHE}
-        return cls(**values)
-
-    return Config(model=section(ModelConfig), train=section(TrainConfig),
+def config_from_args(args: argparse.Namespace, dataset: str = "") -> Config:
+    """The Config: defaults, then the preset (named, or the dataset's), then the flags given
+    (cache-decided fields are filled in later)."""
+    preset = args.preset or preset_for(args.dataset or dataset)
+    base = apply_preset(Config(), preset)
+    return Config(model=cli.config_section(ModelConfig, args, base=base.model, skip=FROM_CACHE),
+                  train=cli.config_section(TrainConfig, args, base=base.train),
                   data=DataConfig(dataset=args.dataset, data_dir=args.data_dir))
 
 
-def _validate(config: Config) -> None:
-    m, t = config.model, config.train
-    for name in ("embedding_dim", "units", "attention_units", "max_length"):
-        if getattr(m, name) < 1:
-            raise IcapnetError(f"{_flag(name)}: must be >= 1, got {getattr(m, name)}")
-    for name in ("batch_size", "shuffle_buffer", "sub_batches"):
-        if getattr(t, name) < 1:
-            raise IcapnetError(f"{_flag(name)}: must be >= 1, got {getattr(t, name)}")
-    if t.length_buckets < 0:
-        raise IcapnetError(f"--length-buckets: must be >= 0, got {t.length_buckets}")
-    if t.epochs < 0 or t.fine_tune_epochs < 0:
-        raise IcapnetError("--epochs / --fine-tune-epochs: must be >= 0")
-    if not 0.0 <= m.dropout < 1.0:
-        raise IcapnetError(f"--dropout: must be in [0, 1), got {m.dropout}")
-    if t.learning_rate <= 0 or t.fine_tune_learning_rate <= 0:
-        raise IcapnetError("--learning-rate / --fine-tune-learning-rate: must be > 0")
-    if t.fine_tune_epochs and not t.fine_tune_from:
-        raise IcapnetError("--fine-tune-epochs: needs --fine-tune-from LAYER (e.g. block5_conv1)")
+def cache_dataset(cache: Path | GPath) -> str:
+    """The dataset a cache was built from (its manifest; a local one is read without
+    TensorFlow)."""
+    if not cache.is_dir():
+        raise IcapnetError(f"{cache}: feature cache not found; run prepare first")
+    if not (cache / MANIFEST_FILE).is_file():
+        raise IcapnetError(f"{cache}: not a feature cache (no {MANIFEST_FILE}); run prepare")
+    manifest = read_json(cache / MANIFEST_FILE)
+    return str(manifest.get("dataset", "")) if isinstance(manifest, dict) else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
-    _validate(config)
-    if not args.cache.is_dir():
-        raise IcapnetError(f"{args.cache}: feature cache not found; run prepare first")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import logging
+    config_from_args(args).validate()  # the flags first: a preset only brings valid values
+    config = config_from_args(args, cache_dataset(args.cache))
+    config.validate()
+    cli.start(log_info=True)
+    from icapnet.model.training import describe_history, train
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from icapnet.model.training import HISTORY_FILE, train
-
+    print(f"preset: {config.train.preset} (flags given override it)", flush=True)
     history = train(config, args.cache, args.out, verbose=0 if args.quiet else 1)
-    if not history.empty:
-        last = history.iloc[-1]
-        best_col = "val_loss" if "val_loss" in history else "loss"
-        print(f"trained {len(history)} epochs; best {best_col} "
-              f"{history[best_col].min():.4f}, last loss {last['loss']:.4f}")
+    print(describe_history(history))
     print(f"model directory: {args.out} (history: {args.out / HISTORY_FILE})")
     return 0
 

@@ -27,23 +27,33 @@ Bahdanau attention, trained with teacher forcing in a custom `train_step`.
 
 This notebook runs the whole recipe: install → get Flickr8k → build the VGG16 feature cache →
 time one epoch → train on the GPU (mixed precision) → loss curves → test-set metrics →
-attention heatmaps → export a SavedModel → caption your own photo.
+attention heatmaps → export a SavedModel → caption your own photo → share the model →
+(optionally) the web page.
 
-**Before you start:** *Runtime → Change runtime type → GPU*. A full run takes about an hour on
-a T4 (feature extraction ~10 min, training ~3 min per epoch)."""),
+**Before you start:** *Runtime → Change runtime type → GPU*, and set `REPO` in the next cell
+(where to install icapnet from). On a T4 a full run takes about 1 h 20 min: download ~3 min,
+feature extraction ~10 min, training 20 epochs × ~3 min = ~60 min (each epoch includes the
+validation BLEU that early stopping watches), evaluation and export ~5 min. With Google Drive
+mounted (the default in Colab) the feature cache and the checkpoints live on Drive, so after a
+disconnect *Run all* again continues where it stopped."""),
     ("md", """\
 ## Parameters
 
-Change these to taste. `SMOKE_TEST=True` runs everything on a few synthetic scenes with a tiny
-model in a couple of minutes (this is what the project's CI does); the environment variables
-let CI override the values without editing the notebook."""),
+Change these to taste. **`REPO` must be filled in** unless icapnet is already installed: a
+pip source for the project, e.g. `git+https://github.com/<you>/icapnet.git`, a `.zip` of the
+project, or the project folder on Drive (`/content/drive/MyDrive/icapnet`). `SMOKE_TEST=True`
+runs everything on a few synthetic scenes with a tiny model in a couple of minutes (this is
+what the project's CI does); the environment variables let CI override the values without
+editing the notebook."""),
     ("code", """\
 import os
 
 DATASET = os.environ.get("ICAPNET_DATASET", "flickr8k")        # "flickr8k" or "synthetic"
 SMOKE_TEST = os.environ.get("ICAPNET_SMOKE_TEST", "0") == "1"  # tiny end-to-end run
-REPO = os.environ.get("ICAPNET_REPO", "git+https://github.com/icapnet/icapnet.git")
-WORK_DIR = os.environ.get("ICAPNET_WORK_DIR", "/content/icapnet_run")
+# Where to install icapnet from (pip source): a git URL, a .zip of the project or its folder.
+REPO = os.environ.get("ICAPNET_REPO", "")  # e.g. "git+https://github.com/<you>/icapnet.git"
+USE_DRIVE = True         # in Colab: keep cache + checkpoints on Google Drive (resumable)
+WORK_DIR = os.environ.get("ICAPNET_WORK_DIR", "")  # default: on Drive, else /content/icapnet_run
 # A Drive folder that already holds Flickr8k (Images/ + captions.txt, or the original
 # Flicker8k_Dataset/ + Flickr8k.token.txt); leave empty to download it.
 DRIVE_DATA_DIR = ""
@@ -54,23 +64,50 @@ BEAM = 3
 SHOW = 4                 # test images shown with attention heatmaps
 
 if SMOKE_TEST:  # CI: synthetic scenes, random VGG16, a tiny model, 8 short epochs
-    DATASET, WEIGHTS, EPOCHS, BATCH_SIZE, SHOW = "synthetic", "none", 8, 16, 2
+    DATASET, WEIGHTS, EPOCHS, BATCH_SIZE, SHOW, USE_DRIVE = "synthetic", "none", 8, 16, 2, False
 MODEL_FLAGS = ["--units", "16", "--embedding-dim", "16", "--attention-units", "16",
                "--learning-rate", "1e-2"] \\
     if SMOKE_TEST else []
 print(f"dataset={DATASET} smoke_test={SMOKE_TEST} epochs={EPOCHS} work_dir={WORK_DIR}")"""),
     ("md", """\
-## 1. Install icapnet
+## 1. Google Drive and icapnet
 
-`pip` installs icapnet and whatever it is missing; Colab's own TensorFlow 2.x (Keras 3) already
-satisfies the requirement, so it is kept rather than reinstalled. When the package is already
-importable (running from a checkout), nothing is installed."""),
+In Colab (with `USE_DRIVE`) Drive is mounted first and the work folder — feature cache,
+checkpoints, model — goes to `MyDrive/icapnet_run`, so re-running after a disconnect resumes
+instead of starting over. Then `pip` installs icapnet from `REPO` and whatever it is missing;
+Colab's own TensorFlow 2.x (Keras 3) already satisfies the requirement, so it is kept rather
+than reinstalled. When the package is already importable (running from a checkout), nothing is
+installed; when it is not and `REPO` is empty, the notebook stops here and says so."""),
     ("code", """\
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+
+try:
+    from google.colab import drive
+
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+ON_DRIVE = IN_COLAB and USE_DRIVE
+if ON_DRIVE or (IN_COLAB and DRIVE_DATA_DIR):
+    drive.mount("/content/drive")
+WORK = Path(WORK_DIR or ("/content/drive/MyDrive/icapnet_run" if ON_DRIVE
+                         else "/content/icapnet_run"))
+
+
+class StopHere(Exception):
+    \"\"\"Ends *Run all* with one line instead of a traceback.\"\"\"
+
+    def _render_traceback_(self):
+        return [f"stopped: {self}"]
+
 
 if importlib.util.find_spec("icapnet") is None:
+    if not REPO:
+        raise StopHere("set REPO in the parameters cell to where icapnet comes from (a git "
+                       "URL, a .zip of the project or its folder on Drive), then run again")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", REPO], check=True)
 
 import tensorflow as tf
@@ -79,19 +116,19 @@ import icapnet
 
 print("icapnet", icapnet.__version__, "| TensorFlow", tf.__version__)
 GPUS = tf.config.list_physical_devices("GPU")
-print("GPU:", GPUS or "none (training will be slow on the CPU)")"""),
+print("GPU:", GPUS or "none (training will be slow on the CPU)")
+print("work folder (cache, checkpoints, model):", WORK)"""),
     ("md", """\
 ## 2. Get the data
 
 With `DRIVE_DATA_DIR` set, the dataset is read from your Google Drive. Otherwise
-`python -m icapnet.download` fetches Flickr8k (~1 GB, checksummed and resumable) into
-`WORK_DIR/data`. In smoke mode a few hundred synthetic captioned scenes are generated instead."""),
+`python -m icapnet.download` fetches Flickr8k (~1 GB, checksummed and resumable) onto the
+Colab machine's own disk (faster to read than Drive; a re-run after a disconnect downloads it
+again, while the feature cache on Drive is kept). In smoke mode a few synthetic captioned
+scenes are generated instead. Flickr8k always gets its official 6000/1000/1000 split."""),
     ("code", """\
-from pathlib import Path
-
 from icapnet import download, evaluate, export, prepare, train
 
-WORK = Path(WORK_DIR)
 WORK.mkdir(parents=True, exist_ok=True)
 
 
@@ -108,12 +145,9 @@ if DATASET == "synthetic":
     DATA_DIR = WORK / "data"
     ensure_scenes(DATA_DIR, 40 if SMOKE_TEST else 2000, seed=0)
 elif DRIVE_DATA_DIR:
-    from google.colab import drive
-
-    drive.mount("/content/drive")
     DATA_DIR = Path(DRIVE_DATA_DIR)
 else:
-    DATA_DIR = WORK / "data"
+    DATA_DIR = Path("/content/icapnet_data") if ON_DRIVE else WORK / "data"
     run(download.main, "--data-dir", DATA_DIR)
 print("data:", DATA_DIR)"""),
     ("md", """\
@@ -162,12 +196,14 @@ print("training with", " ".join(TRAIN_FLAGS[2:] + JIT_FLAGS) or "the defaults")"
     ("md", """\
 ## 5. Train
 
-The custom `train_step` runs teacher forcing over batches of whole images (the captions of an
-image share one encoder pass) bucketed by caption length, with the cross-entropy masked to real
-tokens (the doubly-stochastic attention penalty of Show-Attend-Tell is available as
-`--attention-penalty`, off by default). On a GPU mixed precision is on (`--mixed-precision auto`:
-`mixed_float16`, the loss stays float32). Checkpoints are written every epoch, so re-running
-the cell after a disconnect continues where it stopped."""),
+The custom `train_step` runs teacher forcing over each batch (padded to its own longest
+caption) with the cross-entropy masked to real tokens. The recipe is picked by the dataset:
+Flickr8k gets `--preset sat`, Show, Attend and Tell's settings (RMSProp, dropout 0.5, the
+doubly-stochastic attention penalty, early stopping on validation BLEU-4); synthetic scenes get
+`--preset synthetic`. Flags given here (epochs, batch size) override the preset. On a GPU
+mixed precision is on (`--mixed-precision auto`: `mixed_float16`; the loss stays float32).
+Checkpoints are written every epoch (on Drive), so re-running the cell after a disconnect
+continues where it stopped, and re-running it with a larger `EPOCHS` trains the extra epochs."""),
     ("code", """\
 MODEL_DIR = WORK / "model"
 run(train.main, "--cache", CACHE, "--out", MODEL_DIR, "--epochs", EPOCHS, *TRAIN_FLAGS,
@@ -207,7 +243,7 @@ show where the model did not look; all panels share one colour scale."""),
     ("code", """\
 from IPython.display import display
 
-from icapnet.data.features import open_cache
+from icapnet.data.cache import open_cache
 from icapnet.data.images import load_image
 from icapnet.data.datasets import load_dataset
 from icapnet.inference.predictor import Predictor
@@ -263,13 +299,6 @@ if words:
     image = tf.io.decode_image(photo, channels=3, expand_animations=False).numpy()
     display(attention_figure(image, words, out["attention"].numpy()[0][: len(words)], caption))"""),
     ("md", """\
-## Keep the results
-
-The model folder (`config.json`, `vocab.json`, weights, `metrics.json`, `loss.png`) and the
-SavedModel are in `WORK_DIR`. Copy them to Drive to keep them after the session ends, e.g.
-`!cp -r /content/icapnet_run/model /content/icapnet_run/export /content/drive/MyDrive/`, and
-caption photos locally with `python -m icapnet.caption photo.jpg --model model`."""),
-    ("md", """\
 ## 10. Share the trained model
 
 One `.zip` holds everything needed to caption (config, vocabulary, weights, metrics, and the
@@ -291,6 +320,58 @@ try:
     files.download(str(PACKAGE))
 except ImportError:  # not in Colab: the package stays in WORK_DIR
     pass"""),
+    ("md", """\
+## Keep the results
+
+The model folder (`config.json`, `vocab.json`, weights, `metrics.json`, `loss.png`), the
+SavedModel and the package are in the work folder. With Drive in use they are already on Drive;
+otherwise this cell mounts Drive and copies them to `MyDrive/icapnet_results`. Caption photos
+on any machine with `python -m icapnet.caption photo.jpg --model icapnet-model.zip`."""),
+    ("code", """\
+import shutil
+
+KEEP = [MODEL_DIR, EXPORT_DIR, PACKAGE, PACKAGE.with_name(PACKAGE.name + ".sha256")]
+if ON_DRIVE:
+    print(f"already on Drive: {WORK}")
+else:
+    try:
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+        target = Path("/content/drive/MyDrive/icapnet_results")
+        for item in KEEP:
+            copy = shutil.copytree if item.is_dir() else shutil.copy2
+            copy(item, target / item.name, **({"dirs_exist_ok": True} if item.is_dir() else {}))
+        print(f"copied {', '.join(p.name for p in KEEP)} to {target}")
+    except ImportError:
+        print(f"not in Colab: the results stay in {WORK}")"""),
+    ("md", """\
+## 11. The web page, inside Colab (optional)
+
+The same page as `python -m icapnet.serve`: upload a photo, see the caption and where the model
+looked for each word. It runs in this kernel on a free port; Colab's port proxy shows it below
+(`google.colab.output.serve_kernel_port_as_iframe`), and the printed link opens it in a tab of
+its own (`google.colab.kernel.proxyPort`). It stops when the runtime does."""),
+    ("code", """\
+import json
+import urllib.request
+
+from icapnet.web.app import COLAB_FRAME_ANCESTORS, create_app
+from icapnet.web.server import serve_in_background
+
+page = create_app(predictor, MODEL_DIR, frame_ancestors=COLAB_FRAME_ANCESTORS)
+SERVER = serve_in_background(page, port=0)  # kept open: the page lives as long as the kernel
+URL = SERVER.__enter__()
+PORT = int(URL.rsplit(":", 1)[1])
+health = json.load(urllib.request.urlopen(f"{URL}/api/health"))
+print(f"web page: model {health['model']} is {health['status']} on port {PORT}")
+try:
+    from google.colab import output
+
+    print("open it in a tab:", output.eval_js(f"google.colab.kernel.proxyPort({PORT})"))
+    output.serve_kernel_port_as_iframe(PORT, height=900)
+except ImportError:
+    print(f"not in Colab: the page is at {URL}/ while this kernel runs")"""),
 ]
 
 

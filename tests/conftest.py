@@ -41,11 +41,32 @@ def sample_images(synthetic_scenes_dir: Path) -> list[Path]:
     return sorted((synthetic_scenes_dir / "Images").glob("*.jpg"))[:3]
 
 
+def _tiny_cnn(include_top=False, weights=None, input_shape=(16, 16, 3)):
+    import keras
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(10, 3, strides=2, padding="same", name="conv_b")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> str:
+    """Registers "tiny": two strided convs, 16 px in, a 4x4 grid of 10 channels out. For
+    tests where the backbone is only plumbing (fine-tuning, export), VGG16 would cost most
+    of their time."""
+    from icapnet.model.backbone import BACKBONES, Backbone, register_backbone
+
+    register_backbone(Backbone("tiny", _tiny_cnn, "conv_b", lambda x: x / 127.5 - 1.0, 16))
+    yield "tiny"
+    BACKBONES.pop("tiny", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(
     synthetic_scenes_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A model directory (config.json, vocab.json, weights, model.keras) of a tiny trained model."""
+    """A model directory (config.json, vocab.json, weights) of a tiny trained model."""
     import csv
 
     import keras
@@ -53,9 +74,9 @@ def tiny_model_dir(
     import tensorflow as tf
 
     from icapnet.config import Config, DataConfig, FeatureConfig, ModelConfig, TrainConfig
-    from icapnet.data.features import build_feature_extractor, extract_features
     from icapnet.data.images import load_image
     from icapnet.data.text import Vocabulary
+    from icapnet.model.backbone import build_feature_extractor, extract_features
     from icapnet.model.store import build_captioner, save_model_dir
 
     keras.utils.set_random_seed(0)

@@ -18,6 +18,8 @@ from PIL import Image
 from icapnet import caption
 from icapnet.config import Config
 from icapnet.errors import run_cli
+from icapnet.inference.captioning import expand_inputs
+from icapnet.model.store import find_default_model, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +48,10 @@ def test_batch_with_bad_files_attention_and_exit_code(
     out, err = capsys.readouterr()
     assert code == 1
     err_lines = err.strip().splitlines()
-    assert len(err_lines) == 3
+    assert len(err_lines) == 4
+    # The tiny model was trained on synthetic scenes: one line says so, first.
+    assert err_lines.pop(0) == (f"note: {tiny_model_dir.name} was trained on synthetic scenes "
+                                "(coloured shapes); it describes any photo as shapes")
     for line, bad in zip(err_lines, ("truncated", "text", "missing"), strict=True):
         assert line.startswith(f"error: {bad_files[bad]}: ")
     lines = out.strip().splitlines()
@@ -130,8 +135,8 @@ def test_default_model_is_newest_under_saved_models(
             os.utime(f, (stamp, stamp))
     (models / "not_a_model").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert caption.find_default_model() == Path("saved_models") / "new"
-    assert caption.resolve_model(None) == Path("saved_models") / "new"
+    assert find_default_model() == Path("saved_models") / "new"
+    assert resolve_model(None) == Path("saved_models") / "new"
 
 
 def test_model_errors_are_one_line_exit_2(
@@ -153,7 +158,7 @@ def test_expand_inputs_reports_empty_folder_and_pattern(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "b.txt").write_text("x")
     (tmp_path / "empty").mkdir()
-    paths, errors = caption.expand_inputs(
+    paths, errors = expand_inputs(
         [str(tmp_path), str(tmp_path / "empty"), str(tmp_path / "*.png"), "given.txt"]
     )
     assert paths == [tmp_path / "a.jpg", Path("given.txt")]  # named files are always tried
@@ -164,14 +169,36 @@ def test_expand_inputs_reports_empty_folder_and_pattern(tmp_path: Path) -> None:
 def test_module_entry_point_subprocess(
     tiny_model_dir: Path, sample_images: list[Path], bad_files: dict
 ) -> None:
-    """The one real ``python -m icapnet.caption`` run: exit code and stderr via run_cli."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    """The one real ``python -m icapnet.caption`` run: exit code and stderr via run_cli, and
+    nothing of TensorFlow's native start-up chatter (issue 11 #8)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
         [sys.executable, "-m", "icapnet.caption", str(bad_files["truncated"]),
          str(sample_images[0]), "--model", str(tiny_model_dir)],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert f"error: {bad_files['truncated']}: corrupt or truncated image" in done.stderr
+    note, error = done.stderr.splitlines()  # nothing else: no native start-up lines
+    assert note == (f"note: {tiny_model_dir.name} was trained on synthetic scenes (coloured "
+                    "shapes); it describes any photo as shapes")
+    assert error.startswith(f"error: {bad_files['truncated']}: corrupt or truncated image")
     line = done.stdout.strip()
     assert line.startswith(f"{sample_images[0]}\t") and len(line.split("\t")[1].split()) >= 3
+
+
+def test_the_default_beam_is_one_constant(tiny_model_dir: Path) -> None:
+    """CLI, Python API, web API and page all start from DEFAULT_BEAM (issue 11 #8)."""
+    import inspect
+    import re
+
+    from icapnet.config import DEFAULT_BEAM
+    from icapnet.inference.predictor import Predictor
+    from icapnet.web.app import STATIC_DIR
+
+    assert caption.build_parser().parse_args(["x.jpg"]).beam == DEFAULT_BEAM
+    for method in (Predictor.caption_images, Predictor.caption_paths, Predictor.caption_bytes):
+        assert inspect.signature(method).parameters["beam_size"].default == DEFAULT_BEAM
+    slider = re.search(r'id="beam-size"[^>]*value="(\d+)"', (STATIC_DIR / "index.html").read_text())
+    shown = re.search(r'id="beam-value"[^>]*>(\d+)<', (STATIC_DIR / "index.html").read_text())
+    assert int(slider.group(1)) == int(shown.group(1)) == DEFAULT_BEAM

@@ -19,8 +19,8 @@ def tiny_cache(
     synthetic_scenes_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """Feature cache built with the (deterministic, weights "none") backbone the model used."""
+    from icapnet.data.cache_build import build_cache
     from icapnet.data.datasets import load_dataset
-    from icapnet.data.features import build_cache
 
     dataset = load_dataset("synthetic", synthetic_scenes_dir)
     cache = tmp_path_factory.mktemp("cache") / "cache"
@@ -43,13 +43,15 @@ def test_evaluate_writes_coco_results_and_metrics(
     model_dir: Path, tiny_cache: Path, synthetic_scenes_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from icapnet.caption import load_predictor
-    from icapnet.data.features import open_cache
+    from icapnet.data.cache import open_cache
+    from icapnet.inference.captioning import load_predictor
 
     cache = open_cache(tiny_cache)
-    assert evaluate.main(["--model", str(model_dir), "--split", "train"]) == 0
+    assert evaluate.main(["--model", str(model_dir), "--split", "train", "--beam", "1"]) == 0
     out = capsys.readouterr().out
     assert "BLEU-4" in out and "train beam1" in out
+    # It says what the model was trained on; this one: synthetic scenes, not photos.
+    assert out.startswith("trained on: synthetic, ") and "not photos" in out.splitlines()[0]
 
     results = json.loads((model_dir / "results_train_beam1.json").read_text())
     assert [r["image_id"] for r in results] == cache.image_ids("train")

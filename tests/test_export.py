@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("tensorflow")
 
 from icapnet.errors import run_cli
 from icapnet.export import EXPORT_INFO_FILE, main
@@ -69,10 +68,10 @@ def test_export_round_trip_without_icapnet(
 ) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    (model_dir / "model.keras").unlink()  # export must (re)create it
+    before = sorted(p.name for p in model_dir.iterdir())
     export_dir = tmp_path / "export"
     assert main(["--model", str(model_dir), "--out", str(export_dir)]) == 0
-    assert (model_dir / "model.keras").is_file()
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # the model dir is untouched
     assert (export_dir / "saved_model.pb").is_file()
     info = json.loads((export_dir / "assets.extra" / EXPORT_INFO_FILE).read_text())
     assert info["default_beam_size"] == 1
@@ -115,3 +114,54 @@ def test_export_cli_errors_name_the_path(tmp_path: Path, capsys: pytest.CaptureF
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and str(missing) in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_export_of_an_lstm_no_attention_model(
+    tiny_backbone: str, sample_images: list[Path], tmp_path: Path
+) -> None:
+    """The packed LSTM state [h; c] (initialised from the mean region) and the uniform
+    (mean-pooled) attention go through the exported graph as through the Python decoders:
+    same captions, scores and maps. (The round trip above covers GRU + Bahdanau.)"""
+    import keras
+    import tensorflow as tf
+
+    from icapnet.config import Config, ModelConfig
+    from icapnet.data.text import Vocabulary
+    from icapnet.export import export_saved_model
+    from icapnet.model.backbone import feature_config_for
+    from icapnet.model.store import build_captioner, save_model_dir
+
+    vocab = Vocabulary([*Vocabulary.SPECIALS, "red", "blue", "circle", "square", "a", "and"])
+    config = Config(
+        features=dataclasses.replace(feature_config_for(tiny_backbone, "none"),
+                                     num_regions=16, feature_dim=10),
+        model=ModelConfig(vocab_size=len(vocab), embedding_dim=8, units=12, attention_units=6,
+                          dropout=0.0, state_dropout=0.0, decoder="lstm", attention="none",
+                          num_regions=16, feature_dim=10, max_length=6),
+    )
+    keras.utils.set_random_seed(3)
+    model = build_captioner(config)
+    kernel, bias = model.decoder.fc2.get_weights()  # peaked logits: no near-ties to flip
+    bias[Vocabulary.end_id] -= 3.0  # and captions of a few words, not just <end>
+    model.decoder.fc2.set_weights([kernel * 4.0, bias])
+    model_dir = save_model_dir(tmp_path / "model", model, vocab, config)
+    export_dir = export_saved_model(model_dir, tmp_path / "export")
+
+    blobs = _png_copies(sample_images[:2], tmp_path / "png")
+    loaded = tf.saved_model.load(str(export_dir))
+    predictor = Predictor.from_dir(model_dir)
+    words = 0
+    for beam in (1, 3):
+        out = {k: v.numpy() for k, v in
+               loaded.caption(tf.constant(blobs), beam_size=tf.constant(beam)).items()}
+        for i, data in enumerate(blobs):
+            expected = predictor.caption_bytes(data, beam_size=beam)
+            n = len(expected.words)
+            assert out["captions"][i].decode() == expected.caption, (beam, i)
+            assert out["lengths"][i] == n
+            words += n
+            np.testing.assert_allclose(out["scores"][i], expected.score, atol=1e-4)
+            np.testing.assert_allclose(out["attention"][i, :n], expected.attention, atol=1e-4)
+    assert words >= 4  # real captions, not just <end>
+    # uniform maps: the mean-pooled baseline looks everywhere
+    np.testing.assert_allclose(out["attention"][0, :n], 1 / 16, atol=1e-6)

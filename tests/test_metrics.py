@@ -123,5 +123,20 @@ def test_missing_references_and_table() -> None:
         metrics.nltk_bleu(REFS, {"unknown.jpg": "a cat"})
     table = metrics.format_table({"test beam1": {"BLEU-1": 0.5}, "test beam3": {"BLEU-1": 0.25}})
     lines = table.splitlines()
-    assert lines[0].split() == ["metric", "test", "beam1", "test", "beam3"]
-    assert lines[2].split() == ["BLEU-1", "0.5000", "0.2500"]
+    assert lines[0].split() == ["metric", "test", "beam1", "test", "beam3", "computed", "by"]
+    assert lines[2].split()[:3] == ["BLEU-1", "0.5000", "0.2500"]
+    assert lines[2].endswith("nltk corpus_bleu (icapnet tokens)")
+
+
+def test_table_names_implementations_and_shows_bleu_once() -> None:
+    """Issue 11: one table, each number with the implementation that produced it; the
+    pycocoevalcap BLEU that repeats nltk's is left out (and said to be in metrics.json)."""
+    scores = {"BLEU-4": 0.2, "coco_Bleu_4": 0.2, "METEOR": 0.19, "ROUGE_L": 0.4, "CIDEr": 0.5}
+    lines = metrics.format_table({"greedy": scores, "beam 3": scores}).splitlines()
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == ["BLEU-4", "METEOR", "ROUGE_L", "CIDEr", "(pycocoevalcap's"]
+    assert "nltk" in rows["BLEU-4"] and "pycocoevalcap" in rows["METEOR"]
+    assert all("pycocoevalcap" in rows[m] for m in ("ROUGE_L", "CIDEr"))
+    assert "coco_Bleu_1..4" in rows["(pycocoevalcap's"]
+    both = metrics.format_table({"greedy": scores}, coco_bleu=True)
+    assert "coco_Bleu_4" in both and "metrics.json" not in both

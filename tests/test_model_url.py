@@ -15,6 +15,7 @@ from icapnet import caption
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model import hub
 from icapnet.model.package import pack_model
+from icapnet.model.store import resolve_model
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_caption_from_dir_zip_and_url_agree(tiny_model_dir, sample_images, http_
     url = http_server.url + "models/tiny.zip"
     assert _caption(url, image, capsys) == from_dir
     assert http_server.paths == ["/models/tiny.zip.sha256", "/models/tiny.zip"]
-    unpacked = caption.resolve_model(url)
+    unpacked = resolve_model(url)
     assert unpacked.parent == model_cache and (unpacked / "model.weights.h5").is_file()
     assert not list((model_cache / "downloads").iterdir())  # the zip is not kept
     # Downloaded once: the next run does not touch the network.

@@ -45,6 +45,44 @@ def test_notebook_has_a_parameters_cell_and_no_empty_cells():
     assert kinds.count("markdown") >= kinds.count("code") - 1  # narrated between cells
 
 
+def _code_cells() -> list[str]:
+    return [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_without_repo_the_notebook_stops_with_one_line(monkeypatch):
+    """REPO is the user's to fill: unset (and icapnet not installed) -> one line, no pip."""
+    import importlib.util
+    import subprocess
+
+    parameters, setup = _code_cells()[:2]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "icapnet" else real(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    monkeypatch.delenv("ICAPNET_REPO", raising=False)
+    namespace: dict = {}
+    exec(parameters, namespace)
+    assert namespace["REPO"] == ""
+    with pytest.raises(Exception, match="set REPO") as stopped:
+        exec(setup, namespace)
+    rendered = stopped.value._render_traceback_()  # what IPython prints instead of a traceback
+    assert len(rendered) == 1 and rendered[0].startswith("stopped: set REPO")
+
+
+def test_the_time_estimate_adds_up_to_the_stage_times_it_quotes():
+    import re
+
+    intro = nbformat.read(NOTEBOOK, as_version=4).cells[0].source.replace("\n", " ")
+    hours, minutes = map(int, re.search(r"about (\d+) h (\d+) min", intro).groups())
+    epochs, per_epoch, training = map(int, re.search(
+        r"training (\d+) epochs × ~(\d+) min = ~(\d+) min", intro).groups())
+    stages = [int(m) for m in re.findall(r"~(\d+) min", intro)]
+    assert epochs * per_epoch == training
+    assert f"EPOCHS = {epochs}" in _code_cells()[0]  # the estimate is for the default epochs
+    total = sum(stages) - per_epoch  # every stage once (the per-epoch time is inside training)
+    assert abs(total - (60 * hours + minutes)) <= 5, (stages, hours, minutes)
+
+
 @pytest.mark.slow
 def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
     work = tmp_path / "run"
@@ -72,4 +110,6 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
     assert list((work / "attention").glob("*.png"))
     assert (work / "export" / "saved_model.pb").is_file()
     assert "model package: " in text and "--model icapnet-model.zip" in text
+    assert f"not in Colab: the results stay in {work}" in text  # the keep-results cell
+    assert "web page: model model is ok on port" in text  # the optional page, served
     assert (work / "icapnet-model.zip").is_file() and (work / "icapnet-model.zip.sha256").is_file()

@@ -16,6 +16,7 @@ from icapnet.__main__ import main as icapnet_main
 from icapnet.errors import IcapnetError, run_cli
 from icapnet.model import hub
 from icapnet.model.package import MANIFEST_FILE, pack_model
+from icapnet.model.store import resolve_model
 
 CORE = {"config.json", "vocab.json", "model.weights.h5"}
 
@@ -75,16 +76,16 @@ def test_package_cli_prints_sha256(tiny_model_dir, tmp_path, capsys):
 
 def test_local_zip_is_unpacked_once_and_checked_against_its_sidecar(packed, model_cache,
                                                                     tmp_path):
-    first = caption.resolve_model(str(packed))
+    first = resolve_model(str(packed))
     assert first.parent == model_cache and (first / "metrics.json").is_file()
     stamp = (first / "config.json").stat().st_mtime_ns
-    assert caption.resolve_model(str(packed)) == first
+    assert resolve_model(str(packed)) == first
     assert (first / "config.json").stat().st_mtime_ns == stamp  # not unpacked again
     moved = tmp_path / "copy.zip"
     shutil.copy(packed, moved)
     (tmp_path / "copy.zip.sha256").write_text("0" * 64 + "  copy.zip\n")
     with pytest.raises(IcapnetError, match=r"copy\.zip: SHA-256 mismatch"):
-        caption.resolve_model(str(moved))
+        resolve_model(str(moved))
 
 
 def test_backbone_weights_file_travels_with_the_model(tiny_model_dir, model_cache, tmp_path):

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 from icapnet.config import DataConfig, FeatureConfig
+from icapnet.data.cache import open_cache
+from icapnet.data.cache_build import build_cache
 from icapnet.data.datasets import load_dataset
-from icapnet.data.features import build_cache, open_cache
 from icapnet.data.pipeline import (
     Batching,
     _plan,
@@ -155,19 +156,20 @@ def _rows(ds):
     return rows, batches
 
 
-@pytest.mark.parametrize("batching", [
-    Batching(group_by_image=True, length_buckets=3),
-    Batching(group_by_image=False, length_buckets=3),
-    Batching(group_by_image=True, length_buckets=2, static_shapes=True),
-    Batching(group_by_image=False, length_buckets=0, static_shapes=True),
+@pytest.mark.parametrize(("batching", "length"), [
+    (Batching(group_by_image=True, length_buckets=3), None),
+    (Batching(group_by_image=False, length_buckets=3), None),
+    (Batching(group_by_image=True, length_buckets=2), 30),  # a fixed length overrides buckets
+    (Batching(group_by_image=False, length_buckets=0), 30),
 ])
-def test_bucketed_epoch_holds_every_caption_once_in_a_seeded_order(cache_dir, batching):
+def test_bucketed_epoch_holds_every_caption_once_in_a_seeded_order(cache_dir, batching, length):
     cache = open_cache(cache_dir)
     make = lambda seed: make_dataset(cache_dir, "train", batch_size=7, seed=seed,  # noqa: E731
-                                     shuffle_buffer=16, batching=batching)
+                                     shuffle_buffer=16, batching=batching, caption_length=length)
     rows, batches = _rows(make(3))
     assert collections.Counter(rows) == _expected_pairs(cache, "train")
-    assert len(batches) == steps_per_epoch(cache_dir, "train", 7, batching=batching)
+    assert len(batches) == steps_per_epoch(cache_dir, "train", 7, batching=batching,
+                                           caption_length=length)
     assert _rows(make(3))[0] == rows  # a function of the seed (i.e. of (seed, epoch)) ...
     assert _rows(make(4))[0] != rows  # ... and a different seed gives another order
     per_group = 3 if batching.group_by_image else 1  # every image here has 3 captions
@@ -176,9 +178,10 @@ def test_bucketed_epoch_holds_every_caption_once_in_a_seeded_order(cache_dir, ba
         assert caps_shape[0] == feats_shape[0] <= max(1, 7 // per_group)
         if batching.group_by_image:
             assert len(caps_shape) == 3 and caps_shape[1] == per_group
-        if batching.static_shapes:  # full batches padded to a bucket's upper length
-            assert feats_shape[0] == max(1, 7 // per_group)
-            assert caps_shape[-1] + 1 in boundaries
+        if length is not None:  # every batch padded to the one fixed length
+            assert caps_shape[-1] == length
+        else:
+            assert caps_shape[-1] < max(boundaries)
 
 
 def test_buckets_pad_less_than_one_width_per_batch(cache_dir):

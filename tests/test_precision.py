@@ -44,7 +44,7 @@ def test_backbone_precision_and_bfloat16_features_agree_with_float32():
     import numpy as np
 
     from icapnet.config import FeatureConfig
-    from icapnet.data.features import build_feature_extractor
+    from icapnet.model.backbone import build_feature_extractor
     from icapnet.model.precision import backbone_precision, cpu_has_native_bfloat16
 
     assert backbone_precision("float32") == "float32"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from icapnet.__main__ import main as icapnet_main
-from icapnet.data.features import open_cache
+from icapnet.data.cache import open_cache
 from icapnet.errors import run_cli
 from icapnet.prepare import main
 

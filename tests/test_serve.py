@@ -69,11 +69,13 @@ def test_caption_matches_the_predictor(client, predictor, jpeg, tiny_model_dir) 
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) >= {"caption", "words", "score", "attention", "beam_size"}
-    expected = predictor.caption_bytes(jpeg, beam_size=1)
+    from icapnet.config import DEFAULT_BEAM
+
+    expected = predictor.caption_bytes(jpeg)  # the same default beam as the API's
     assert body["caption"] == expected.caption and body["words"] == expected.words
     assert body["words"], "the tiny model writes real sentences"
     assert body["score"] == pytest.approx(expected.score, abs=1e-4)
-    assert body["beam_size"] == 1
+    assert body["beam_size"] == DEFAULT_BEAM
     attention = np.asarray(body["attention"])
     grid = _grid(tiny_model_dir)
     assert attention.shape == (len(body["words"]), grid, grid)  # [T][g][g]
@@ -270,6 +272,7 @@ def test_health_and_info(client, tiny_model_dir) -> None:
         "max_upload_bytes": 10 * 1024 * 1024,
         "max_upload": "10 MB",
         "max_beam_size": 10,
+        "default_beam_size": 3,
         "max_candidates": 5,
     }
 
@@ -518,7 +521,7 @@ def test_end_attention_and_beam_candidates(client, predictor, jpeg, tiny_model_d
     assert candidates[0]["score"] == pytest.approx(body["score"], abs=1e-5)
     scores = [c["score"] for c in candidates]
     assert scores == sorted(scores, reverse=True) and 1 <= len(candidates) <= 3
-    greedy = _post(client, jpeg).json()
+    greedy = _post(client, jpeg, beam_size="1").json()
     assert [c["caption"] for c in greedy["candidates"]] == [greedy["caption"]]
 
 
@@ -624,8 +627,38 @@ def test_cli_loads_the_model_and_serves_it(tiny_model_dir, monkeypatch, capsys) 
                 "max_upload_bytes": 524288,
                 "max_upload": "512 KB",
                 "max_beam_size": 4,
+                "default_beam_size": 3,
                 "max_candidates": 5,
             }
             assert "got '5'" in _post(cli_client, _png(), beam_size="5").json()["detail"]
     finally:
         sock.close()
+
+
+def test_page_may_be_framed_only_where_allowed(tiny_model_dir) -> None:
+    """The page refuses other sites' frames; the notebook lets Colab's port proxy show it."""
+    from icapnet.web.app import COLAB_FRAME_ANCESTORS
+
+    with TestClient(create_app(_NoModel(), tiny_model_dir)) as plain:
+        assert "frame-ancestors 'none'" in plain.get("/").headers["content-security-policy"]
+    framed = create_app(_NoModel(), tiny_model_dir, frame_ancestors=COLAB_FRAME_ANCESTORS)
+    with TestClient(framed) as colab:
+        csp = colab.get("/").headers["content-security-policy"]
+    assert "frame-ancestors https://colab.research.google.com https://*.googleusercontent.com" \
+        in csp and "'none'" not in csp.split("frame-ancestors")[1]
+
+
+def test_info_shows_the_split_sentence_without_paths() -> None:
+    """Issue 11: the split's source is a sentence ("random 80/10/10 ..."), not a path; a
+    folder inside it is shown by name only."""
+    from icapnet.config import Config, DataConfig
+    from icapnet.web.info import training_data
+
+    def shown(split: str) -> str:
+        return training_data(Config(data=DataConfig(dataset="flickr8k", split=split)))["split"]
+
+    assert shown("random 80/10/10 by image (seed 3)") == "random 80/10/10 by image (seed 3)"
+    assert shown("official (package data)") == "official (package data)"
+    assert shown("split files beside the data (differ from the official lists): "
+                 "/home/me/private/f8k/Flickr8k_text") == (
+        "split files beside the data (differ from the official lists): Flickr8k_text")

@@ -174,7 +174,7 @@ def test_random_split_is_explicit_and_seeded(tmp_path):
 
 
 def test_prepare_records_the_split_in_the_cache_manifest(tmp_path, capsys):
-    from icapnet.data.features import open_cache
+    from icapnet.data.cache import open_cache
     from icapnet.prepare import main
 
     data_dir, _ = _layout(tmp_path / "data", "kaggle")

@@ -72,10 +72,6 @@ class CaptionDataset:
     boxes: dict[str, list[dict]] | None = None  # synthetic only: boxes in pixels
     split_info: dict[str, Any] | None = None  # SplitRecord.to_dict(): source, sizes, missing
 
-    def split_captions(self, split: str) -> dict[str, list[str]]:
-        """``{image_id: captions}`` for one split."""
-        return {i: self.captions[i] for i in self.splits[split]}
-
     @property
     def num_captions(self) -> int:
         return sum(len(c) for c in self.captions.values())

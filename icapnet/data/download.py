@@ -14,6 +14,10 @@ Interrupted downloads resume: bytes land in ``<archive>.part`` and the next run 
 server for the rest with an HTTP ``Range`` request. Archives are unpacked into a temporary
 folder inside ``data_dir`` and each top-level entry is renamed into place, so a crash never
 leaves a half-extracted image folder under its final name.
+
+(A little over 400 lines, on purpose: fetching, resuming, checking and unpacking share one
+piece of bookkeeping, the archive and its ``.part``/``.sha256`` files; split apart, each half
+would need the other's internals.)
 """
 
 from __future__ import annotations

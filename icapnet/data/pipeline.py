@@ -2,15 +2,17 @@
 
 Everything stays in the graph: shards are streamed with TFRecordDataset (memory bounded by
 the shuffle buffer, not the dataset) and captions are joined through a static hash table
-image_id -> rows of a ragged tensor. For training (``Batching``), the captions of an image
-can travel together as one batch row (the model then encodes the image once for all of
-them) and rows of similar length are bucketed, so a batch pads to near its own length;
-measured effects are in benchmarks/README.md. Features stay float16 until the model.
+image_id -> rows of a ragged tensor. Each batch is padded to its own longest caption, or to
+one fixed length when shapes must be static (XLA, TPUs). For training (``Batching``), the
+captions of an image can travel together as one batch row (the model then encodes the image
+once for all of them) and rows of similar length can be bucketed; both are off by default
+(benchmarks/README.md has what they cost in learning). Features stay float16 until the model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from icapnet.config import TrainConfig
-from icapnet.data.features import FeatureCache, open_cache, parse_record
+from icapnet.data.cache import FeatureCache, open_cache, parse_record
 from icapnet.errors import IcapnetError
+from icapnet.layout import CACHE_CAPTIONS_FILE
 
 AUTOTUNE = tf.data.AUTOTUNE
-
 
 def _split_shards(cache: FeatureCache, split: str) -> list[str]:
     paths = cache.shard_paths(split)
@@ -35,10 +37,10 @@ def _split_shards(cache: FeatureCache, split: str) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
+def _records(paths: list[str], shuffle: bool, seed: int, reshuffle: bool) -> tf.data.Dataset:
     files = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle and len(paths) > 1:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=reshuffle)
     return files.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(4, len(paths)),
@@ -56,19 +58,17 @@ class Batching:
     number of captions per image), so the encoder and ``W1·features`` run once per image.
     ``length_buckets``: captions (or caption groups) of similar length are batched together,
     so a batch pads to near its own length; 0 pads each batch to its own longest caption.
-    ``static_shapes``: every batch has the same number of rows and is padded to its bucket's
-    upper length, so a batch has one of a few fixed shapes (what XLA compiles for).
+    Static shapes (XLA, TPUs) pad every batch to one ``caption_length`` instead, which makes
+    buckets pointless: they are not used then.
     """
 
     group_by_image: bool = False
     length_buckets: int = 0
-    static_shapes: bool = False
 
     @classmethod
     def from_config(cls, tcfg: TrainConfig) -> Batching:
         return cls(group_by_image=bool(tcfg.group_by_image),
-                   length_buckets=int(tcfg.length_buckets),
-                   static_shapes=bool(tcfg.jit_compile) or tcfg.strategy == "tpu")
+                   length_buckets=int(tcfg.length_buckets))
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _plan(cache: FeatureCache, split: str, batching: Batching) -> _Plan:
     captions = cache.captions.get(split, {})
     ids = sorted(captions)
     if not ids:
-        raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
+        raise IcapnetError(f"{cache.root / CACHE_CAPTIONS_FILE}: no '{split}' captions")
     encoded = {i: sorted((e for e in (vocab.encode(c) for c in captions[i]) if len(e) > 2),
                          key=len) for i in ids}  # <start> <end> alone teaches nothing
     counts = [len(e) for e in encoded.values() if e]
@@ -118,9 +118,9 @@ def _plan(cache: FeatureCache, split: str, batching: Batching) -> _Plan:
                 group[row, : len(ids_)] = ids_
             tokens.append(group)
     if not tokens:
-        raise IcapnetError(f"{cache.root / 'captions.json'}: no '{split}' captions")
+        raise IcapnetError(f"{cache.root / CACHE_CAPTIONS_FILE}: no '{split}' captions")
     lengths = np.array([g.shape[1] for g in tokens], np.int64)
-    buckets = batching.length_buckets or (1 if batching.static_shapes else 0)
+    buckets = batching.length_buckets
     boundaries = best_boundaries(lengths, buckets) if buckets else [int(lengths.max()) + 1]
     return _Plan(ids, np.array(first, np.int64), np.array(count, np.int64), tokens, lengths,
                  per_group, boundaries)
@@ -165,6 +165,76 @@ def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
     )
 
 
+class _Pairs:
+    """The (features, caption group) stream of one split, built once and shared by every
+    epoch. A group is K captions of one image (K = 1 unless ``batching.group_by_image``)."""
+
+    def __init__(self, cache_dir: str | Path, split: str, shuffle_buffer: int | None,
+                 batching: Batching | None = None) -> None:
+        cache = open_cache(cache_dir)
+        self.batching = batching or Batching()
+        self.paths = _split_shards(cache, split)
+        self.shape = cache.feature_shape
+        self.plan = plan = _plan(cache, split, self.batching)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(plan.image_ids, tf.string),
+                tf.range(len(plan.image_ids), dtype=tf.int64)),
+            default_value=-1,
+        )
+        self.first, self.count = tf.constant(plan.first), tf.constant(plan.count)
+        self.flat = tf.RaggedTensor.from_row_lengths(
+            tf.constant(np.concatenate([g.reshape(-1) for g in plan.tokens]), tf.int32),
+            tf.constant([g.size for g in plan.tokens], tf.int64))
+        # The buffer counts captions; it holds groups.
+        self.buffer = max(1, int(shuffle_buffer or TrainConfig().shuffle_buffer)
+                          // plan.per_group)
+
+    def _groups(self, serialized: tf.Tensor) -> tf.data.Dataset:
+        image_id, feats = parse_record(serialized, self.shape)
+        row = self.table.lookup(image_id)  # -1: image without captions
+        start = tf.gather(self.first, tf.maximum(row, 0))
+        n = tf.where(row >= 0, tf.gather(self.count, tf.maximum(row, 0)),
+                     tf.constant(0, tf.int64))
+        per_group = self.plan.per_group
+        return tf.data.Dataset.range(start, start + n).map(
+            lambda g: (feats, tf.reshape(self.flat[g], [per_group, -1])))  # [K, L_g]
+
+    def stream(self, shuffle: bool, seed: int, reshuffle: bool = True) -> tf.data.Dataset:
+        """``reshuffle``: a new order each time the dataset is iterated (drawn from the seed),
+        else always the seed's one order, however many iterators were made before."""
+        ds = _records(self.paths, shuffle, seed, reshuffle).flat_map(self._groups)
+        if shuffle:
+            ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=reshuffle)
+        return ds
+
+    def batch(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool,
+              caption_length: int | None = None) -> tf.data.Dataset:
+        """``caption_length``: pad every batch to it (static shapes) instead of its longest."""
+        plan, rows = self.plan, self.plan.rows_per_batch(batch_size)
+        padding = (tf.constant(0, tf.float16), tf.constant(0, tf.int32))
+        shapes = (list(self.shape), [plan.per_group, caption_length])
+        if self.batching.length_buckets and caption_length is None:
+            ds = ds.bucket_by_sequence_length(
+                lambda f, c: tf.shape(c)[1], plan.boundaries,
+                [rows] * (len(plan.boundaries) + 1), padded_shapes=shapes,
+                padding_values=padding, drop_remainder=drop_remainder)
+        else:
+            ds = ds.padded_batch(rows, padded_shapes=shapes, padding_values=padding,
+                                 drop_remainder=drop_remainder)
+        if not self.batching.group_by_image:
+            ds = ds.map(lambda f, c: (f, c[:, 0]), num_parallel_calls=AUTOTUNE)  # [B, T]
+        return ds
+
+    def num_batches(self, batch_size: int, drop_remainder: bool,
+                    caption_length: int | None = None) -> int:
+        if self.batching.length_buckets and caption_length is None:
+            return self.plan.num_batches(batch_size, drop_remainder)
+        groups = len(self.plan.tokens)
+        rows = self.plan.rows_per_batch(batch_size)
+        return groups // rows if drop_remainder else math.ceil(groups / rows)
+
+
 def make_dataset(
     cache_dir: str | Path,
     split: str,
@@ -174,72 +244,64 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
+    caption_length: int | None = None,
     batching: Batching | None = None,
 ) -> tf.data.Dataset:
     """Training batches ``(features float16, captions int32)`` from the cache.
 
     Default: one row per (image, caption): features [B, R, C], captions [B, T] zero-padded
-    to the batch's longest caption. With ``batching.group_by_image``: one row per image,
-    features [G, R, C] and captions [G, K, T] (G = batch_size // K), rows of zeros where an
-    image has fewer than K captions. Captions are <start> w1 .. wn <end>. Features stay
-    float16 (half the memory traffic); the model casts them where they enter it.
-    Shuffling is deterministic for a given ``seed`` and differs from epoch to epoch;
-    ``shuffle_buffer`` counts captions.
+    to the batch's longest caption (or to ``caption_length``: static shapes, see
+    :func:`longest_caption`). With ``batching.group_by_image``: one row per image, features
+    [G, R, C] and captions [G, K, T] (G = batch_size // K), rows of zeros where an image has
+    fewer than K captions. Captions are <start> w1 .. wn <end>. Features stay float16 (half
+    the memory traffic); the model casts them where they enter it. Shuffling is
+    deterministic for a given ``seed`` and differs from epoch to epoch; ``shuffle_buffer``
+    counts captions.
     """
-    batching = batching or Batching()
-    cache = open_cache(cache_dir)
-    paths = _split_shards(cache, split)
-    regions, channels = cache.feature_shape
-    plan = _plan(cache, split, batching)
-    per_group, rows = plan.per_group, plan.rows_per_batch(batch_size)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(plan.image_ids, tf.string),
-            tf.range(len(plan.image_ids), dtype=tf.int64)),
-        default_value=-1,
-    )
-    first, count = tf.constant(plan.first), tf.constant(plan.count)
-    flat = tf.RaggedTensor.from_row_lengths(
-        tf.constant(np.concatenate([g.reshape(-1) for g in plan.tokens]), tf.int32),
-        tf.constant([g.size for g in plan.tokens], tf.int64))
-    buffer = max(1, int(shuffle_buffer or TrainConfig().shuffle_buffer) // per_group)
-
-    def groups(serialized: tf.Tensor) -> tf.data.Dataset:
-        image_id, feats = parse_record(serialized, (regions, channels))
-        row = table.lookup(image_id)  # -1: image without captions
-        start = tf.gather(first, tf.maximum(row, 0))
-        n = tf.where(row >= 0, tf.gather(count, tf.maximum(row, 0)), tf.constant(0, tf.int64))
-        return tf.data.Dataset.range(start, start + n).map(
-            lambda g: (feats, tf.reshape(flat[g], [per_group, -1])))  # [K, L_g]
-
-    ds = _records(paths, shuffle, seed).flat_map(groups)
-    if shuffle:
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    source = _Pairs(cache_dir, split, shuffle_buffer, batching)
+    ds = source.stream(shuffle, seed)
     if repeat:
         ds = ds.repeat()
-    padding = (tf.constant(0, tf.float16), tf.constant(0, tf.int32))
-    if batching.length_buckets or batching.static_shapes:
-        ds = ds.bucket_by_sequence_length(
-            lambda f, c: tf.shape(c)[1], plan.boundaries, [rows] * (len(plan.boundaries) + 1),
-            padded_shapes=([regions, channels], [per_group, None]), padding_values=padding,
-            pad_to_bucket_boundary=batching.static_shapes, drop_remainder=drop_remainder)
-    else:
-        ds = ds.padded_batch(rows, padded_shapes=([regions, channels], [per_group, None]),
-                             padding_values=padding, drop_remainder=drop_remainder)
-    if batching.static_shapes and not drop_remainder:
-        ds = ds.map(lambda f, c: _fill_rows(f, c, rows), num_parallel_calls=AUTOTUNE)
-    if not batching.group_by_image:
-        ds = ds.map(lambda f, c: (f, c[:, 0]), num_parallel_calls=AUTOTUNE)  # [B, T]
+    return source.batch(ds, batch_size, drop_remainder, caption_length).prefetch(AUTOTUNE)
+
+
+def make_epochs_dataset(
+    cache_dir: str | Path,
+    split: str,
+    batch_size: int,
+    seeds: Sequence[int],
+    drop_remainder: bool = False,
+    shuffle_buffer: int | None = None,
+    caption_length: int | None = None,
+    batching: Batching | None = None,
+) -> tf.data.Dataset:
+    """Like :func:`make_dataset`, for several epochs in a row: one shuffled epoch per seed.
+
+    Each epoch is shuffled by its own seed (and only by it: not reshuffled per iterator, as
+    Keras and tf.distribute may create iterators of their own) and batched on its own (no
+    batch straddles two epochs), so epoch ``e`` holds the same batches whether a run starts
+    at epoch 0 or resumes at ``e``, on one device or several: what one ``fit()`` over many
+    epochs needs for exact resume. The cardinality is set, so a mismatch with
+    ``steps_per_epoch`` fails loudly.
+    """
+    source = _Pairs(cache_dir, split, shuffle_buffer, batching)
+    if not seeds:
+        raise ValueError("make_epochs_dataset needs at least one epoch seed")
+    # Python-int seeds, one pipeline per epoch: a tensor seed would trip tf.data's seed
+    # handling when the global seed is 0 (it compares the pair with (0, 0) in Python).
+    ds = concatenate([source.batch(source.stream(True, int(seed), reshuffle=False), batch_size,
+                                   drop_remainder, caption_length) for seed in seeds])
+    steps = source.num_batches(batch_size, drop_remainder, caption_length)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
     return ds.prefetch(AUTOTUNE)
 
 
-def _fill_rows(features: tf.Tensor, captions: tf.Tensor, rows: int):
-    """Pad a short last batch with empty rows (zero features, no caption) to ``rows``."""
-    missing = rows - tf.shape(features)[0]
-    features = tf.pad(features, [[0, missing], [0, 0], [0, 0]])
-    captions = tf.pad(captions, [[0, missing], [0, 0], [0, 0]])
-    return (tf.ensure_shape(features, [rows, *features.shape[1:]]),
-            tf.ensure_shape(captions, [rows, *captions.shape[1:]]))
+def concatenate(datasets: Sequence[tf.data.Dataset]) -> tf.data.Dataset:
+    """The datasets one after the other."""
+    ds = datasets[0]
+    for more in datasets[1:]:
+        ds = ds.concatenate(more)
+    return ds
 
 
 def make_image_dataset(cache_dir: str | Path, split: str, batch_size: int) -> tf.data.Dataset:
@@ -268,14 +330,25 @@ def count_pairs(cache_dir: str | Path, split: str) -> int:
     )
 
 
+def longest_caption(cache_dir: str | Path, splits: Sequence[str]) -> int:
+    """Tokens (<start> and <end> included) of the longest caption the pipeline yields for
+    ``splits``: the one length every batch is padded to when shapes must be static (XLA,
+    TPUs), so no caption is ever cut."""
+    cache = open_cache(cache_dir)
+    vocab = cache.vocab
+    lengths = [len(vocab.encode(c)) for split in splits
+               for caps in cache.captions.get(split, {}).values() for c in caps]
+    return max((n for n in lengths if n > 2), default=3)
+
+
 def steps_per_epoch(
     cache_dir: str | Path, split: str, batch_size: int, drop_remainder: bool = False,
-    batching: Batching | None = None,
+    batching: Batching | None = None, caption_length: int | None = None,
 ) -> int:
     """Batches in one pass over ``split`` as :func:`make_dataset` yields them."""
     batching = batching or Batching()
-    if not (batching.group_by_image or batching.length_buckets or batching.static_shapes):
+    if not (batching.group_by_image or batching.length_buckets):
         pairs = count_pairs(cache_dir, split)
         return pairs // batch_size if drop_remainder else math.ceil(pairs / batch_size)
-    plan = _plan(open_cache(cache_dir), split, batching)
-    return plan.num_batches(batch_size, drop_remainder)
+    return _Pairs(cache_dir, split, None, batching).num_batches(batch_size, drop_remainder,
+                                                                caption_length)

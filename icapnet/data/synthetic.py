@@ -34,9 +34,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 # Side length as a fraction of the image size: ~40-55 px and ~70-90 px at 224.
 SIZES: dict[str, tuple[float, float]] = {"small": (0.18, 0.245), "large": (0.315, 0.40)}
-COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 IMAGES_DIR = "Images"
-CAPTIONS_FILE = "captions.txt"
+KAGGLE_CAPTIONS_FILE = "captions.txt"  # the Kaggle Flickr8k layout the readers know
 BOXES_FILE = "boxes.json"
 META_FILE = "scenes.json"
 _FORMAT = "icapnet-synthetic-1"
@@ -243,7 +242,7 @@ def generate_scenes(
             image.save(images / image_id, format="JPEG", quality=_JPEG_QUALITY)
             rows += [(image_id, c) for c in describe_scene(objects)]
             boxes[image_id] = [o.to_dict() for o in objects]
-        (tmp / CAPTIONS_FILE).write_text(_captions_csv(rows), encoding="utf-8")
+        (tmp / KAGGLE_CAPTIONS_FILE).write_text(_captions_csv(rows), encoding="utf-8")
         (tmp / BOXES_FILE).write_text(json.dumps(boxes, indent=1) + "\n", encoding="utf-8")
         meta = _meta(num_images, seed, image_size)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -273,7 +272,7 @@ def ensure_scenes(
 ) -> Path:
     """Reuse ``out_dir`` when it already holds exactly these scenes, otherwise (re)generate."""
     same = read_meta(out_dir) == _meta(num_images, seed, image_size)
-    if same and (Path(out_dir) / CAPTIONS_FILE).is_file():
+    if same and (Path(out_dir) / KAGGLE_CAPTIONS_FILE).is_file():
         return Path(out_dir)
     return generate_scenes(out_dir, num_images, seed=seed, image_size=image_size, progress=progress)
 

@@ -14,12 +14,13 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from icapnet import fs
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_write_text
+from icapnet.layout import VOCAB_FILE
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.json"
 _FORMAT = "icapnet-vocab-1"
 _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
 _NON_WORD = re.compile(r"[^\w\s]|_")
@@ -142,7 +143,7 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> Path:
         """Write ``vocab.json`` atomically; ``path`` may be a directory or a file path."""
-        path = Path(path)
+        path = fs.path(path)
         if path.is_dir():
             path = path / VOCAB_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n")
@@ -151,7 +152,7 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         """Read a vocabulary written by :meth:`save` (a directory means its ``vocab.json``)."""
-        path = Path(path)
+        path = fs.path(path)
         if path.is_dir():
             path = path / VOCAB_FILE
         if not path.is_file():

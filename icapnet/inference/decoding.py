@@ -16,6 +16,10 @@ Conventions:
   gives exactly the greedy caption and score.
 - Beam size and max length may be Python ints or scalar int32 tensors (the export feeds
   them as signature inputs): all shapes inside are dynamic, nothing is retraced.
+- Both are bounded (``MAX_CAPTION_LENGTH``, ``MAX_BEAM_SIZE`` and the vocabulary, see
+  :func:`max_beam_size`): :func:`check_decoding` says so in one line before decoding, and the
+  graphs themselves assert it (InvalidArgumentError), so a serving process given
+  ``max_length=2**31-1`` refuses the request instead of aborting on a huge allocation.
 
 The module is a little over 400 lines because greedy search, beam search and the top-k
 candidates share the emit mask, the length penalty and the per-model compiled functions;
@@ -30,7 +34,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from icapnet.config import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH
 from icapnet.data.text import Vocabulary
+from icapnet.errors import IcapnetError
 
 PAD_ID = Vocabulary.pad_id
 START_ID = Vocabulary.start_id
@@ -55,6 +61,37 @@ class DecodeResult(NamedTuple):
 
     def to_numpy(self) -> DecodeResult:
         return DecodeResult(*(np.asarray(x) for x in self))
+
+
+def max_beam_size(vocab_size: int) -> int:
+    """The widest beam a user may ask of a model: ``MAX_BEAM_SIZE``, and no wider than the
+    number of tokens the model can write (its vocabulary less <pad>, <start>, <unk>). The
+    graphs themselves accept any beam up to ``MAX_BEAM_SIZE`` (a search over a tiny
+    vocabulary can use more hypotheses than words; the tests do)."""
+    return max(1, min(MAX_BEAM_SIZE, int(vocab_size) - len(NEVER_EMITTED)))
+
+
+def check_decoding(beam_size: int, max_length: int, vocab_size: int | None = None,
+                   beam_name: str = "beam size", length_name: str = "max length") -> None:
+    """One-line IcapnetError for a beam or length out of bounds (names: flags or fields)."""
+    if not 1 <= int(max_length) <= MAX_CAPTION_LENGTH:
+        raise IcapnetError(f"{length_name} {max_length}: must be from 1 to {MAX_CAPTION_LENGTH}")
+    limit = MAX_BEAM_SIZE if vocab_size is None else max_beam_size(vocab_size)
+    if not 1 <= int(beam_size) <= limit:
+        why = "" if vocab_size is None or limit == MAX_BEAM_SIZE else (
+            ", the number of tokens this model can write")
+        raise IcapnetError(f"{beam_name} {beam_size}: must be from 1 to {limit}{why}")
+
+
+def assert_at_most(value: tf.Tensor, limit: int, what: str) -> tf.Tensor:
+    """``value`` (int32 scalar) once asserted <= ``limit``: the ops that size buffers by it
+    depend on the assertion, so a huge value fails as InvalidArgumentError before any
+    allocation."""
+    value = tf.cast(value, tf.int32)
+    check = tf.debugging.assert_less_equal(
+        value, tf.constant(int(limit), tf.int32), message=f"{what} must be at most {limit}")
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
 
 
 def _emit_mask(vocab_size: tf.Tensor) -> tf.Tensor:
@@ -83,7 +120,7 @@ def _start(model: Any, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Te
 def greedy_graph(model: Any, features: tf.Tensor, max_length: tf.Tensor) -> DecodeResult:
     """Graph body of :func:`greedy_decode` (call inside a tf.function)."""
     features = tf.convert_to_tensor(features)
-    max_length = tf.maximum(tf.cast(max_length, tf.int32), 1)
+    max_length = tf.maximum(assert_at_most(max_length, MAX_CAPTION_LENGTH, "max_length"), 1)
     batch = tf.shape(features)[0]
     encoded, keys, state = _start(model, features)
     regions = tf.shape(encoded)[1]
@@ -188,9 +225,9 @@ def beam_candidates_graph(
     belong to its own words.
     """
     features = tf.convert_to_tensor(features)
-    k = tf.maximum(tf.cast(beam_size, tf.int32), 1)
+    k = tf.maximum(assert_at_most(beam_size, MAX_BEAM_SIZE, "beam_size"), 1)
     n = tf.clip_by_value(tf.cast(num_candidates, tf.int32), 1, k)
-    max_length = tf.maximum(tf.cast(max_length, tf.int32), 1)
+    max_length = tf.maximum(assert_at_most(max_length, MAX_CAPTION_LENGTH, "max_length"), 1)
     alpha = tf.cast(length_penalty, tf.float32)
     batch = tf.shape(features)[0]
     encoded, keys, state = _start(model, features)
@@ -369,6 +406,9 @@ def _compiled(model: Any) -> dict[str, Any]:
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, (int, np.integer)) and value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
+    limit = MAX_BEAM_SIZE if name == "beam_size" else MAX_CAPTION_LENGTH
+    if name != "num_candidates" and isinstance(value, (int, np.integer)) and value > limit:
+        raise ValueError(f"{name} must be at most {limit}, got {value}")
 
 
 def greedy_decode(model: Any, features: Any, max_length: Any) -> DecodeResult:
@@ -432,11 +472,14 @@ def decode(
 __all__ = [
     "BeamCandidates",
     "DecodeResult",
+    "assert_at_most",
     "beam_candidates",
     "beam_candidates_graph",
     "beam_graph",
     "beam_search",
+    "check_decoding",
     "decode",
     "greedy_decode",
     "greedy_graph",
+    "max_beam_size",
 ]

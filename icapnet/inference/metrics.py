@@ -252,19 +252,39 @@ def score_captions(
     return {k: scores[k] for k in METRIC_ORDER if k in scores}
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table: one column per run (e.g. "test beam3"), one row per metric."""
+# Which implementation computes each metric (the printed tables say it next to the number).
+IMPLEMENTATIONS = {
+    **{key: "nltk corpus_bleu (icapnet tokens)" for key in NLTK_KEYS},
+    **{key: "pycocoevalcap (PTB tokens)" for key in COCO_BLEU_KEYS},
+    "METEOR": "pycocoevalcap METEOR 1.5 (Java)",
+    "ROUGE_L": "pycocoevalcap",
+    "CIDEr": "pycocoevalcap (idf from these references)",
+}
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]], coco_bleu: bool = False) -> str:
+    """A plain-text table: one column per run (e.g. "greedy", "beam 3"), one row per metric,
+    and the implementation that computed it.
+
+    pycocoevalcap's BLEU repeats nltk's (they differ only by tokenisation, see the module
+    doc), so its rows are left out unless ``coco_bleu``; a last line says where they are.
+    """
     names = list(rows)
-    metrics = [m for m in METRIC_ORDER if any(m in r for r in rows.values())]
+    shown = [m for m in METRIC_ORDER if any(m in r for r in rows.values())]
+    hidden = [m for m in shown if m in COCO_BLEU_KEYS and not coco_bleu]
+    metrics = [m for m in shown if m not in hidden]
     width = max([len("metric"), *map(len, metrics)])
     cols = [max(8, len(n)) for n in names]
     header = (n.rjust(w) for n, w in zip(names, cols, strict=True))
-    lines = ["  ".join(["metric".ljust(width), *header])]
-    lines.append("  ".join(["-" * width, *("-" * w for w in cols)]))
+    lines = ["  ".join(["metric".ljust(width), *header, "computed by"])]
+    lines.append("  ".join(["-" * width, *("-" * w for w in cols), "-" * 11]))
     for metric in metrics:
         cells = [
             f"{rows[n][metric]:.4f}".rjust(w) if metric in rows[n] else "-".rjust(w)
             for n, w in zip(names, cols, strict=True)
         ]
-        lines.append("  ".join([metric.ljust(width), *cells]))
+        lines.append("  ".join([metric.ljust(width), *cells, IMPLEMENTATIONS.get(metric, "")]))
+    if hidden:
+        lines.append("(pycocoevalcap's BLEU-1..4 on PTB tokens are in metrics.json as "
+                     "coco_Bleu_1..4)")
     return "\n".join(lines)

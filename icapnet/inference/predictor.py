@@ -2,7 +2,7 @@
 
 Loads the captioner, its vocabulary and the backbone it was trained with (``config.features``)
 once, then captions images, files or uploaded bytes. Images are resized exactly as the
-feature cache did (``icapnet.data.features.prepare_image``) and go through the backbone in
+feature cache did (``icapnet.model.backbone.extract_features``) and go through the backbone in
 batches. A lock serialises the TensorFlow calls, so one Predictor can serve a threaded web
 server.
 """
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from icapnet.config import RANDOM_BACKBONE, Config
+from icapnet import fs
+from icapnet.config import DEFAULT_BEAM, RANDOM_BACKBONE, Config
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.inference.decoding import (
@@ -27,6 +28,7 @@ from icapnet.inference.decoding import (
     BeamCandidates,
     DecodeResult,
     beam_candidates,
+    check_decoding,
     decode,
 )
 
@@ -125,10 +127,10 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path, feature_weights: str | None = None) -> Predictor:
         """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``)."""
-        from icapnet.data.features import build_feature_extractor
+        from icapnet.model.backbone import build_feature_extractor
         from icapnet.model.store import load_model_dir
 
-        model_dir = Path(model_dir)
+        model_dir = fs.path(model_dir)
         model, vocab, config = load_model_dir(model_dir)
         if feature_weights is not None:
             config = dataclasses.replace(
@@ -146,17 +148,15 @@ class Predictor:
         return int(self.config.model.max_length)
 
     def _check(self, beam_size: int, max_length: int | None) -> int:
-        if int(beam_size) < 1:
-            raise IcapnetError(f"beam size {beam_size}: must be at least 1")
+        """The length to decode with; beam and length out of bounds are an IcapnetError."""
         length = self.max_length if max_length is None else int(max_length)
-        if length < 1:
-            raise IcapnetError(f"max length {length}: must be at least 1")
+        check_decoding(beam_size, length, len(self.vocab))
         return length
 
     def decode_features(
         self,
         features: np.ndarray,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
     ) -> DecodeResult:
@@ -170,7 +170,7 @@ class Predictor:
     def caption_features(
         self,
         features: np.ndarray,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         num_candidates: int = 1,
@@ -195,22 +195,15 @@ class Predictor:
 
     def extract(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone features [N, R, C] for HxWx3 images of any sizes, one forward per batch."""
-        from icapnet.data.features import prepare_image
+        from icapnet.model.backbone import extract_features
 
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = np.stack([
-                prepare_image(np.asarray(im), self.image_size)
-                for im in images[start:start + self.batch_size]
-            ])
-            with self._lock:
-                chunks.append(np.asarray(self.extractor(batch, training=False)))
-        return np.concatenate(chunks)
+        with self._lock:
+            return extract_features(self.extractor, images, self.batch_size, self.image_size)
 
     def caption_images(
         self,
         images: Sequence[np.ndarray],
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         num_candidates: int = 1,
@@ -233,7 +226,7 @@ class Predictor:
     def caption_paths(
         self,
         paths: Iterable[str | Path],
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
     ) -> list[CaptionResult | IcapnetError]:
@@ -261,7 +254,7 @@ class Predictor:
     def caption_bytes(
         self,
         data: bytes,
-        beam_size: int = 1,
+        beam_size: int = DEFAULT_BEAM,
         max_length: int | None = None,
         length_penalty: float = 0.0,
         name: str = "<upload>",

@@ -1,16 +1,30 @@
-"""The captioner model (encoder, attention, decoder), its training glue and model directories."""
+"""The captioner model, its backbone, training loop and model directories.
 
-from icapnet.model.captioner import Captioner, masked_token_loss
-from icapnet.model.layers import BahdanauAttention, CNNEncoder, Decoder, MeanAttention
-from icapnet.model.store import load_model_dir, save_model_dir
+Names are imported lazily (as in ``icapnet.inference``) so that light modules such as
+``icapnet.model.store`` can be imported by a CLI to check its flags before TensorFlow loads.
+"""
 
-__all__ = [
-    "BahdanauAttention",
-    "CNNEncoder",
-    "Captioner",
-    "Decoder",
-    "MeanAttention",
-    "load_model_dir",
-    "masked_token_loss",
-    "save_model_dir",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BahdanauAttention": "icapnet.model.layers",
+    "CNNEncoder": "icapnet.model.layers",
+    "Decoder": "icapnet.model.layers",
+    "MeanAttention": "icapnet.model.layers",
+    "Captioner": "icapnet.model.captioner",
+    "masked_token_loss": "icapnet.model.captioner",
+    "load_model_dir": "icapnet.model.store",
+    "save_model_dir": "icapnet.model.store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icapnet.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -16,35 +16,33 @@ import tensorflow as tf
 
 from icapnet.config import ModelConfig
 from icapnet.model.layers import PACKAGE, CNNEncoder, Decoder
+from icapnet.model.strategies import PrebuiltModel, step_logs
+
+
+def masked_token_ce(labels, logits):
+    """Sparse cross-entropy summed over real (id != 0) tokens, and their count.
+
+    ``labels`` [B, T] int, ``logits`` [B, T, V] -> (sum over real tokens, number of them), both
+    float32 scalars. Training divides the sum by the GLOBAL token count (all replicas), so this
+    returns the two halves instead of a mean.
+    """
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
 
 
 def masked_token_loss(labels, logits):
     """Mean sparse cross-entropy over non-pad (id != 0) tokens only: [B, T], [B, T, V] -> scalar."""
-    labels = tf.convert_to_tensor(labels)
-    mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    total, count = masked_token_ce(labels, logits)
+    return total / tf.maximum(count, 1.0)
 
 
 def _rows(tokens) -> list:
     """Shape [-1, T] that flattens [..., T] to one row per caption (T static when known)."""
     steps = tokens.shape[-1]
     return [-1, int(steps) if steps is not None else tf.shape(tokens)[-1]]
-
-
-def _per_shape_function(step):
-    """Keras-style ``function(iterator) -> logs`` running ``step`` as one XLA program per
-    batch shape (``reduce_retracing=False`` keeps every trace's shapes static)."""
-    compiled = tf.function(step, jit_compile=True, reduce_retracing=False)
-
-    def function(iterator):
-        # A tf.data iterator (OutOfRangeError at the end ends Keras' epoch), or a list of
-        # batches as Keras' own function also accepts.
-        fetch = iterator.get_next if hasattr(iterator, "get_next") else iter(iterator).__next__
-        return compiled(fetch())
-
-    return function
 
 
 def _global_sum(value):
@@ -61,7 +59,7 @@ def _num_replicas() -> int:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Captioner(keras.Model):
+class Captioner(PrebuiltModel, keras.Model):
     """Encoder + attention decoder; ``call((features, captions_in))`` -> (logits, alphas)."""
 
     def __init__(
@@ -72,6 +70,8 @@ class Captioner(keras.Model):
         sub_batches: int = 1,
         **kwargs,
     ) -> None:
+        # A fixed name: checkpoints of the fine-tuner address the captioner inside it by name.
+        kwargs.setdefault("name", "captioner")
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = ModelConfig(**config)
@@ -117,9 +117,19 @@ class Captioner(keras.Model):
         return self.decoder.state_size
 
     @property
+    def penalised(self) -> bool:
+        """Whether the doubly-stochastic penalty is part of the loss."""
+        return self.attention_penalty > 0 and self.decoder.attention_type == "bahdanau"
+
+    @property
     def metrics(self) -> list:
-        return [self.loss_tracker, self.token_loss_tracker, self.penalty_tracker,
-                self.accuracy_tracker]
+        # What the progress bar and history.csv show. Without the penalty, loss IS the
+        # cross-entropy per word (token_loss would repeat it, averaged by tokens instead of
+        # batches); with it, loss = token_loss + lambda * attention_penalty.
+        if self.penalised:
+            return [self.loss_tracker, self.token_loss_tracker, self.penalty_tracker,
+                    self.accuracy_tracker]
+        return [self.loss_tracker, self.accuracy_tracker]
 
     # -- forward ------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -197,9 +207,7 @@ class Captioner(keras.Model):
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
         # Rows without a token (padding of a grouped or fixed-size batch) are not captions.
         real = tf.cast(tf.reduce_any(labels != 0, axis=-1), tf.float32)  # [B]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        local_tokens = tf.reduce_sum(mask)
-        local_ce = tf.reduce_sum(ce * mask)
+        local_ce, local_tokens = masked_token_ce(labels, logits)
         batch = tf.reduce_sum(real)
         global_tokens = tf.maximum(_global_sum(local_tokens), 1.0)
         global_batch = tf.maximum(_global_sum(batch), 1.0)
@@ -226,23 +234,41 @@ class Captioner(keras.Model):
         global_batch = _global_sum(stats["batch"])
         self.loss_tracker.update_state(_global_sum(loss), sample_weight=global_batch)
         tokens = tf.maximum(stats["tokens"], 1e-9)
-        self.token_loss_tracker.update_state(stats["ce"] / tokens, sample_weight=stats["tokens"])
         self.accuracy_tracker.update_state(stats["correct"] / tokens,
                                            sample_weight=stats["tokens"])
-        batch = tf.maximum(stats["batch"], 1e-9)
-        self.penalty_tracker.update_state(stats["penalty"] / batch, sample_weight=stats["batch"])
-        return {m.name: m.result() for m in self.metrics}
+        if self.penalised:
+            self.token_loss_tracker.update_state(stats["ce"] / tokens,
+                                                 sample_weight=stats["tokens"])
+            batch = tf.maximum(stats["batch"], 1e-9)
+            self.penalty_tracker.update_state(stats["penalty"] / batch,
+                                              sample_weight=stats["batch"])
+        return step_logs({m.name: m.result() for m in self.metrics})
 
-    # -- steps --------------------------------------------------------------------------
+    # -- steps ----------------------------------------------------------------------------
     def train_step(self, data):
         features, captions = data[0], data[1]
+        return self.gradient_step(lambda: features, captions, self.trainable_variables,
+                                  self.optimizer)
+
+    def test_step(self, data):
+        return self.score_batch(data[0], data[1])
+
+    def gradient_step(self, features_fn, captions, variables, optimizer) -> dict:
+        """One optimiser step on the teacher-forced loss; returns the metrics.
+
+        ``features_fn()`` runs under the gradient tape, so a model wrapping the captioner
+        (the fine-tuner: features from a trainable backbone) takes exactly this step too.
+        """
         with tf.GradientTape() as tape:
-            loss, stats = self.compute_losses(features, captions, training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        grads = self.clip_gradients(grads, variables, self.optimizer)
-        self.optimizer.apply(grads, variables)
+            loss, stats = self.compute_losses(features_fn(), captions, training=True)
+            scaled = optimizer.scale_loss(loss)
+        grads = self.clip_gradients(tape.gradient(scaled, variables), variables, optimizer)
+        optimizer.apply(grads, variables)
+        return self.update_metrics(loss, stats)
+
+    def score_batch(self, features, captions) -> dict:
+        """Evaluation step: losses and accuracy of one batch, without training."""
+        loss, stats = self.compute_losses(features, captions, training=False)
         return self.update_metrics(loss, stats)
 
     def clip_gradients(self, grads, variables, optimizer):
@@ -263,42 +289,10 @@ class Captioner(keras.Model):
         grads, _ = tf.clip_by_global_norm(grads, limit)
         return grads
 
-    # -- XLA ----------------------------------------------------------------------------
-    # Keras traces its train function once for the dataset's element spec, where the caption
-    # length is unknown; XLA then fails ("tf2xla conversion failed ... must be compile-time
-    # constants", in the while loop's gradient). Bucketed batches come in a few fixed shapes
-    # (data.pipeline.Batching.static_shapes), so under jit_compile the step is traced and
-    # compiled once PER SHAPE instead, from batches fetched eagerly.
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        if not self._compile_per_shape():
-            return super().make_train_function(force)
-        self.train_function = _per_shape_function(self.train_step)
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
-        if not self._compile_per_shape():
-            return super().make_test_function(force)
-        self.test_function = _per_shape_function(self.test_step)
-        return self.test_function
-
-    def _compile_per_shape(self) -> bool:
-        return (bool(getattr(self, "jit_compile", False)) and not self.run_eagerly
-                and self.distribute_strategy.num_replicas_in_sync == 1
-                and not isinstance(self.distribute_strategy, tf.distribute.TPUStrategy))
-
-    def test_step(self, data):
-        features, captions = data[0], data[1]
-        loss, stats = self.compute_losses(features, captions, training=False)
-        return self.update_metrics(loss, stats)
-
     # -- serialisation ------------------------------------------------------------------
     def get_config(self) -> dict:
         return {
-            "name": self.name,
+            **super().get_config(),
             "config": dataclasses.asdict(self.model_config),
             "attention_penalty": self.attention_penalty,
             "clip_norm": self.clip_norm,

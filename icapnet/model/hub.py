@@ -32,12 +32,13 @@ import urllib.request
 from pathlib import Path
 
 from icapnet.errors import IcapnetError
+from icapnet.layout import CONFIG_FILE
+from icapnet.layout import PACKAGE_SOURCE_FILE as SOURCE_FILE
 from icapnet.model.package import sha256_of, unpack_model
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "ICAPNET_CACHE"
-SOURCE_FILE = "icapnet-source.json"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _TIMEOUT_S = 30.0
 
@@ -77,7 +78,7 @@ def _from_zip(archive: Path) -> Path:
     if sidecar.is_file():
         _check(archive, digest, _read_sidecar(sidecar.read_text(errors="replace"), sidecar))
     target = models_cache() / f"{_stem(archive.name)}-{digest[:12]}"
-    if (target / "config.json").is_file():
+    if (target / CONFIG_FILE).is_file():
         return target
     log.info("unpacking %s into %s", archive, target)
     return unpack_model(archive, target,
@@ -124,7 +125,7 @@ def _from_url(spec: str) -> Path:
     name = urllib.parse.unquote(urllib.parse.urlparse(url).path.rstrip("/").rsplit("/", 1)[-1])
     key = f"{_stem(name)}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
     target = models_cache() / key
-    if (target / "config.json").is_file() and pinned in (None, _recorded_sha256(target)):
+    if (target / CONFIG_FILE).is_file() and pinned in (None, _recorded_sha256(target)):
         return target  # downloaded before: no network
     expected = pinned or _sidecar_digest(url)
     if expected is None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from icapnet.config import ATTENTIONS, DECODERS, INIT_STATES
+
 PACKAGE = "icapnet"
-DECODERS = ("gru", "lstm")
-ATTENTIONS = ("bahdanau", "none")
-INIT_STATES = ("zeros", "mean")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

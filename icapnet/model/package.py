@@ -33,19 +33,24 @@ from pathlib import Path
 from typing import Any
 
 from icapnet import __version__
-from icapnet.config import CONFIG_FILE
-from icapnet.data.text import VOCAB_FILE
 from icapnet.errors import IcapnetError
 from icapnet.io import atomic_path, atomic_write_text
+from icapnet.layout import BACKBONE_WEIGHTS_FILE as BACKBONE_FILE  # what fine-tuning writes
+from icapnet.layout import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LEGACY_BACKBONE_FILE,
+    LOSS_PLOT_FILE,
+    METRICS_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+)
+from icapnet.layout import PACKAGE_MANIFEST_FILE as MANIFEST_FILE
 
-MANIFEST_FILE = "icapnet-package.json"
 PACKAGE_FORMAT = "icapnet-model"
 PACKAGE_VERSION = 1
-WEIGHTS_FILE = "model.weights.h5"
 REQUIRED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE)
-OPTIONAL = ("metrics.json", "history.csv", "loss.png")
-BACKBONE_FILE = "backbone.weights.h5"  # a Keras weights file (what fine-tuning writes)
-LEGACY_BACKBONE_FILE = "backbone.h5"  # a whole-model .h5, loaded by layer name
+OPTIONAL = (METRICS_FILE, HISTORY_FILE, LOSS_PLOT_FILE)
 _BUILTIN_WEIGHTS = {"", "none", "imagenet"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)

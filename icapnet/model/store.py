@@ -1,45 +1,95 @@
-"""Save and load a model directory: config.json, vocab.json, model.weights.h5, model.keras.
+"""Model directories: find one, save one, load one (config.json, vocab.json, weights).
 
-Files are first written into a temporary folder beside their destination and then renamed
-into place (config.json last), so a crash never leaves a half-written file behind. Other
-files in the directory (history.csv, loss.png, checkpoints/, metrics.json) are left alone.
+The directory is the artifact: ``config.json`` (the one source of truth for every
+hyperparameter), ``vocab.json`` and ``model.weights.h5``. Each file is written atomically
+through :mod:`icapnet.io`, config.json last, so a folder with a config.json is complete.
+
+No Keras ``model.keras`` is written: it would hold a second copy of the weights and of the
+model config next to config.json, and nothing loads it (loading needs icapnet's layers
+registered anyway, so it offers no icapnet-free path; the SavedModel export is that path).
+
+Finding a model (``resolve_model``) only touches the file system, so a CLI can reject a bad
+``--model`` before TensorFlow loads; building and loading import the model lazily.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from icapnet.config import CONFIG_FILE, Config
-from icapnet.data.text import VOCAB_FILE, Vocabulary
+from icapnet import fs
+from icapnet.config import (
+    Config,
+    changed_fields,
+    feature_settings,
+    field_fingerprints,
+    load_config_file,
+    model_fingerprints,
+    vocab_fingerprint,
+)
+from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
+from icapnet.io import atomic_path
+from icapnet.layout import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 
-WEIGHTS_FILE = "model.weights.h5"
-KERAS_FILE = "model.keras"
-_ORDER = (VOCAB_FILE, WEIGHTS_FILE, KERAS_FILE, CONFIG_FILE)
+if TYPE_CHECKING:
+    from icapnet.model.captioner import Captioner
+
+DEFAULT_MODELS_DIR = Path("saved_models")
 
 
-def save_model_dir(model_dir: str | Path, model, vocab: Vocabulary, config: Config) -> Path:
+def find_default_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
+    """The most recently saved model directory (one holding config.json) under ``models_dir``."""
+    models_dir = Path(models_dir)
+    candidates = []
+    if models_dir.is_dir():
+        candidates = [d for d in models_dir.iterdir() if (d / CONFIG_FILE).is_file()]
+        if (models_dir / CONFIG_FILE).is_file():
+            candidates.append(models_dir)
+    if not candidates:
+        raise IcapnetError(
+            f"{models_dir}: no trained model found (no folder with {CONFIG_FILE}); "
+            "train one with 'python -m icapnet train' or pass --model DIR"
+        )
+
+    def saved_at(model_dir: Path) -> float:
+        files = [model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE]
+        return max(f.stat().st_mtime for f in files if f.exists())
+
+    return max(candidates, key=lambda d: (saved_at(d), d.name))
+
+
+def resolve_model(model: str | None) -> Path:
+    """``--model`` checked up front (before TensorFlow loads), or the newest saved model.
+
+    A packaged ``.zip`` or an http(s) URL of one becomes its unpacked folder in the model
+    cache (``icapnet.model.hub``).
+    """
+    if model is None:
+        return find_default_model()
+    if model.lower().startswith(("http://", "https://")) or model.lower().endswith(".zip"):
+        from icapnet.model.hub import fetch_model
+
+        return fetch_model(model)
+    path = fs.path(model)
+    if not path.exists():
+        raise IcapnetError(f"{path}: model directory not found")
+    if not (path / CONFIG_FILE).is_file():
+        raise IcapnetError(f"{path}: not a model directory (no {CONFIG_FILE})")
+    return path
+
+
+def save_model_dir(model_dir: str | Path, model: Any, vocab: Vocabulary, config: Config) -> Path:
     """Write ``model`` (a Captioner), its vocabulary and config to ``model_dir`` atomically."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".save-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        vocab.save(tmp / VOCAB_FILE)
-        model.save_weights(str(tmp / WEIGHTS_FILE))
-        model.save(str(tmp / KERAS_FILE))
-        config.save(tmp)
-        for name in _ORDER:
-            os.replace(tmp / name, model_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    model_dir = fs.path(model_dir)
+    vocab.save(model_dir / VOCAB_FILE)
+    with atomic_path(model_dir / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+    config.save(model_dir, fingerprints=model_fingerprints(config, vocab.words))
     return model_dir
 
 
-def build_captioner(config: Config):
+def build_captioner(config: Config) -> Captioner:
     """A fresh (randomly initialised, fully built) Captioner for ``config``."""
     from icapnet.model.captioner import Captioner
 
@@ -47,18 +97,39 @@ def build_captioner(config: Config):
                      clip_norm=config.train.clip_norm, sub_batches=config.train.sub_batches)
 
 
-def load_model_dir(model_dir: str | Path):
-    """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError."""
-    model_dir = Path(model_dir)
+def load_config(model_dir: str | Path) -> Config:
+    """config.json of a model directory; a broken one is an IcapnetError naming it."""
+    return _load_config(model_dir)[0]
+
+
+def _load_config(model_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    """(config, fingerprints), with the feature settings checked against their fingerprints:
+    features from another backbone, layer or image size give confident nonsense."""
+    model_dir = fs.path(model_dir)
     if not model_dir.is_dir():
         raise IcapnetError(f"{model_dir}: model directory not found")
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
         raise IcapnetError(f"{model_dir}: not a model directory (no {CONFIG_FILE})")
     try:
-        config = Config.load(config_path)
+        config, fingerprints = load_config_file(config_path)
     except (ValueError, TypeError) as err:
         raise IcapnetError(f"{config_path}: invalid model config ({err})") from err
+    recorded = fingerprints.get("features")
+    if isinstance(recorded, dict):
+        settings = feature_settings(config.features)
+        changed = changed_fields(field_fingerprints(settings), recorded)
+        if changed:
+            raise IcapnetError(
+                f"{config_path}: features.{changed[0]} {settings.get(changed[0])!r} is not the "
+                "value the model was trained with (its fingerprint differs); restore it")
+    return config, fingerprints
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config]:
+    """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError."""
+    model_dir = fs.path(model_dir)
+    config, fingerprints = _load_config(model_dir)
     vocab_path = model_dir / VOCAB_FILE
     if not vocab_path.is_file():
         raise IcapnetError(f"{vocab_path}: vocabulary file not found")
@@ -66,6 +137,10 @@ def load_model_dir(model_dir: str | Path):
     if config.model.vocab_size != len(vocab):
         raise IcapnetError(f"{vocab_path}: has {len(vocab)} words but the model expects "
                            f"{config.model.vocab_size}")
+    if fingerprints.get("vocab") not in (None, vocab_fingerprint(vocab.words)):
+        raise IcapnetError(f"{vocab_path}: not the vocabulary the model was trained with "
+                           "(same size, other words or order: its fingerprint in "
+                           f"{CONFIG_FILE} differs)")
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise IcapnetError(f"{weights}: model weights not found")

@@ -1,73 +1,86 @@
-"""Fit-loop glue for ``python -m icapnet.train``: strategies, callbacks, resume, fine-tuning.
+"""The training loop of ``python -m icapnet.train``: phases, strategy, exact resume.
 
-Resume is exact: each completed epoch writes one atomic checkpoint (model variables
-including the dropout RNG state, optimizer variables including the learning rate, and the
-next epoch), the history CSV is rewritten atomically, and the data order of epoch ``e`` is
-a function of ``(seed, e)`` only. Re-running the same command after a crash (even
-``kill -9``) therefore continues at the last completed epoch and reaches the same weights
-as an uninterrupted run. EarlyStopping / ReduceLROnPlateau counters are rebuilt from the
-history, and the best weights (lowest validation loss) are kept in their own file.
+A run has one or two phases: the captioner on cached features, then (with
+``fine_tune_from``) the backbone and captioner end to end on images. Each phase is ONE
+``fit()`` call over a dataset that holds its epochs one after the other, each shuffled by
+a seed that depends only on ``(seed, epoch)``.
 
-The run is driven one ``fit`` call per epoch (so each epoch gets a freshly seeded dataset)
-with ``epochs`` set to the total, so the Keras progress bar still reads "Epoch 3/20".
+Resume is exact: after every epoch :class:`~icapnet.model.callbacks.EpochRecorder` writes
+the history and one atomic checkpoint (model variables including the dropout RNG states,
+optimizer variables including the learning rate, the plateau callbacks' counters, and where
+to continue). Re-running the same command after a crash (even ``kill -9``) continues at the
+last completed epoch and reaches the same weights as an uninterrupted run.
+
+Why not Keras' ``BackupAndRestore`` + ``CSVLogger(append=True)``: BackupAndRestore saves
+``model.save_weights`` (weights and optimizer, matched by position, without the dropout RNG
+states) and restarts the data iterator at its first epoch order; EarlyStopping and
+ReduceLROnPlateau restart with empty counters; its weights file and epoch file are two
+writes, not one atomic one; and CSVLogger appends a row for an epoch whose backup may never
+have been written (a crash in between gives a duplicated epoch). Each of those breaks "same
+weights and same history as an uninterrupted run", which is tested, so the run keeps its own
+checkpoint and only uses Keras for the loop, the plateau logic and TensorBoard.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
+import contextlib
+import dataclasses
 import logging
-import math
-import os
-import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from icapnet import fs
 from icapnet.config import LEGACY_RANDOM_BACKBONE, RANDOM_BACKBONE, Config
+from icapnet.data.cache import open_cache
 from icapnet.errors import IcapnetError
-from icapnet.io import atomic_write_bytes, atomic_write_text
-from icapnet.model.captioner import Captioner
-from icapnet.model.layers import PACKAGE
+from icapnet.io import atomic_write_bytes, remove_stale_temps
+from icapnet.layout import (
+    BACKBONE_WEIGHTS_FILE,
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    read_history,
+)
+from icapnet.model.callbacks import (
+    EpochRecorder,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    tensorboard,
+)
+from icapnet.model.checkpoints import (
+    TrainState,
+    latest_checkpoint,
+    read_state,
+    restore_checkpoint,
+)
 from icapnet.model.store import build_captioner, save_model_dir
+from icapnet.model.strategies import (
+    gather_from_workers,
+    get_strategy,
+    is_chief,
+    is_multi_worker,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-HISTORY_FILE = "history.csv"
-LOSS_PLOT = "loss.png"
-LOG_DIR = "logs"
-BEST_FILE = "best.npz"
-BACKBONE_FILE = "backbone.weights.h5"
-STRATEGIES = ("default", "mirrored", "tpu")
-_CKPT = re.compile(r"^epoch-(\d{4,})\.npz$")
-_KEEP_CHECKPOINTS = 2
+MIN_LEARNING_RATE = 1e-7
 
 
-# --------------------------------------------------------------------------- basics
-
-
-def get_strategy(name: str) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs) or ``tpu`` (Colab / Cloud TPU)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError) as err:
-            raise IcapnetError(f"--strategy tpu: no TPU found ({err})") from None
-        return tf.distribute.TPUStrategy(resolver)
-    raise IcapnetError(f"--strategy {name}: unknown (choose from {', '.join(STRATEGIES)})")
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """``adam``, or ``rmsprop`` as Show-Attend-Tell's code has it (Graves' centred RMSProp
+    with momentum; see icapnet/presets.py)."""
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate, rho=0.95, momentum=0.9, epsilon=1e-4,
+                                        centered=True)
+    return keras.optimizers.Adam(learning_rate)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -76,394 +89,232 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def config_from_cache(cache_dir: str | Path, config: Config) -> Config:
-    """Fill in what the cache decides: vocab size, feature shape, backbone, dataset."""
-    from icapnet.data.features import open_cache
-
+    """A copy of ``config`` with what the cache decides: vocab size, features, dataset."""
     cache = open_cache(cache_dir)
     manifest = cache.manifest
     regions, channels = cache.feature_shape
-    config.model.vocab_size = len(cache.vocab)
-    config.model.num_regions, config.model.feature_dim = int(regions), int(channels)
-    feats = config.features
-    feats.backbone = manifest.get("backbone", feats.backbone)
-    feats.layer = manifest.get("layer", feats.layer)
-    feats.weights = str(manifest.get("weights", feats.weights))
-    if feats.weights == "none":
-        feats.random_init = str(manifest.get("random_init", LEGACY_RANDOM_BACKBONE))
-        if feats.random_init != RANDOM_BACKBONE:
+    model = dataclasses.replace(config.model, vocab_size=len(cache.vocab),
+                                num_regions=regions, feature_dim=channels)
+    weights = str(manifest.get("weights", config.features.weights))
+    random_init = config.features.random_init
+    if weights == "none":
+        random_init = str(manifest.get("random_init", LEGACY_RANDOM_BACKBONE))
+        if random_init != RANDOM_BACKBONE:
             raise IcapnetError(
-                f"{cache.root / 'manifest.json'}: features come from the old random backbone "
-                f"'{feats.random_init}' (this version builds '{RANDOM_BACKBONE}'); "
+                f"{cache.root / MANIFEST_FILE}: features come from the old random backbone "
+                f"'{random_init}' (this version builds '{RANDOM_BACKBONE}'); "
                 "re-run prepare into a new folder"
             )
-    feats.image_size = int(manifest.get("image_size", feats.image_size))
-    feats.num_regions, feats.feature_dim = int(regions), int(channels)
-    data = config.data
-    data.cache_dir = str(Path(cache_dir))
-    data.dataset = data.dataset or str(manifest.get("dataset", ""))
-    data.data_dir = data.data_dir or str(manifest.get("data_dir", ""))
-    return config
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CKPT.match(p.name))]
-    return sorted(found)
-
-
-def latest_checkpoint(out_dir: str | Path) -> tuple[int, Path] | None:
-    """(next epoch, path) of the newest complete checkpoint under ``out_dir``, if any."""
-    found = _checkpoints(Path(out_dir) / CHECKPOINT_DIR)
-    return found[-1] if found else None
-
-
-def _pack(prefix: str, variables: Sequence[Any]) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{i:05d}": np.asarray(keras.ops.convert_to_numpy(v))
-            for i, v in enumerate(variables)}
-
-
-def _unpack(path: Path, data: Any, prefix: str, variables: Sequence[Any]) -> None:
-    keys = sorted(k for k in data.files if k.startswith(prefix + "/"))
-    if len(keys) != len(variables):
-        raise IcapnetError(f"{path}: checkpoint has {len(keys)} {prefix} variables, the model "
-                           f"{len(variables)}; it belongs to another model (use a new --out)")
-    for key, var in zip(keys, variables, strict=True):
-        value = data[key]
-        if tuple(value.shape) != tuple(var.shape):
-            raise IcapnetError(f"{path}: {var.path} has shape {tuple(value.shape)} in the "
-                               f"checkpoint but {tuple(var.shape)} in the model (use a new --out)")
-        var.assign(value)
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def save_checkpoint(out_dir: Path, next_epoch: int, next_phase: int, model_phase: int,
-                    model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Path:
-    """Atomically write model + optimizer state; keep the newest two.
-
-    ``model_phase`` says which model wrote it (1: captioner, 2: backbone + captioner);
-    ``next_phase`` / ``next_epoch`` say where training continues.
-    """
-    directory = out_dir / CHECKPOINT_DIR
-    arrays = {**_pack("model", model.variables), **_pack("optimizer", optimizer.variables),
-              "next_epoch": np.array(next_epoch), "next_phase": np.array(next_phase),
-              "model_phase": np.array(model_phase)}
-    path = directory / f"epoch-{next_epoch:04d}.npz"
-    atomic_write_bytes(path, _npz_bytes(arrays))
-    for _, old in _checkpoints(directory)[:-_KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def read_checkpoint_phases(path: Path) -> tuple[int, int]:
-    """(model phase, next phase) of a checkpoint."""
-    try:
-        with np.load(path) as data:
-            return int(data["model_phase"]), int(data["next_phase"])
-    except Exception as err:
-        raise IcapnetError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
-
-
-def restore_checkpoint(path: Path, model: keras.Model,
-                       optimizer: keras.optimizers.Optimizer) -> int:
-    """Load a checkpoint written by :func:`save_checkpoint`; returns the next epoch."""
-    try:
-        with np.load(path) as data:
-            _unpack(path, data, "model", model.variables)
-            _unpack(path, data, "optimizer", optimizer.variables)
-            return int(data["next_epoch"])
-    except IcapnetError:
-        raise
-    except Exception as err:
-        raise IcapnetError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
-
-
-def _save_best(out_dir: Path, model: keras.Model) -> None:
-    atomic_write_bytes(out_dir / CHECKPOINT_DIR / BEST_FILE,
-                       _npz_bytes(_pack("model", model.weights)))
-
-
-def _load_best(out_dir: Path, model: keras.Model) -> bool:
-    path = out_dir / CHECKPOINT_DIR / BEST_FILE
-    if not path.is_file():
-        return False
-    with np.load(path) as data:
-        _unpack(path, data, "model", model.weights)
-    return True
-
-
-# --------------------------------------------------------------------------- history
-
-
-def read_history(out_dir: Path) -> pd.DataFrame:
-    path = out_dir / HISTORY_FILE
-    if not path.is_file():
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise IcapnetError(f"{path}: unreadable training history ({err})") from None
-
-
-def write_history(out_dir: Path, history: pd.DataFrame) -> None:
-    atomic_write_text(out_dir / HISTORY_FILE, history.to_csv(index=False))
-
-
-def _plateau_state(values: Sequence[float], patience: int | None = None) -> tuple[float, int, int]:
-    """Replay Keras' "min" plateau logic: -> (best, wait, best index).
-
-    With ``patience`` the wait counter resets after each LR reduction (ReduceLROnPlateau).
-    """
-    best, wait, best_index = math.inf, 0, -1
-    for i, value in enumerate(values):
-        if value < best:
-            best, wait, best_index = float(value), 0, i
-        else:
-            wait += 1
-            if patience is not None and wait >= patience:
-                wait = 0
-    return best, wait, best_index
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a restart (seeded from the history)."""
-
-    seed_state: tuple[float, int, int] = (math.inf, 0, -1)
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.best, self.wait, self.best_epoch = self.seed_state
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive a restart (the LR itself is in the optimizer)."""
-
-    seed_state: tuple[float, int] = (math.inf, 0)
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.best, self.wait = self.seed_state
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """After each epoch: history row, loss plot, best weights, checkpoint; then stop ``fit``.
-
-    Runs last, after ReduceLROnPlateau / EarlyStopping, so the checkpoint holds the learning
-    rate the next epoch will use.
-    """
-
-    def __init__(self, run: _Run) -> None:
-        super().__init__()
-        self.run = run
-        self.lr = math.nan
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.lr = float(keras.ops.convert_to_numpy(self.run.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch, logs=None):
-        run = self.run
-        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
-               "learning_rate": self.lr, "phase": run.phase}
-        run.history = pd.concat([run.history, pd.DataFrame([row])], ignore_index=True)
-        write_history(run.out_dir, run.history)
-        _plot(run.history, run.out_dir / LOSS_PLOT)
-        values = run.phase_values()
-        if values and values[-1] <= min(values):
-            _save_best(run.out_dir, run.trainable_model)
-        stopped = bool(run.early_stopping.stopped_epoch) or epoch + 1 >= run.phase_end
-        next_epoch = run.phase_end if stopped else epoch + 1
-        next_phase = run.phase + 1 if stopped else run.phase
-        if stopped:
-            _load_best(run.out_dir, run.trainable_model)  # restore best before moving on
-        save_checkpoint(run.out_dir, next_epoch, next_phase, run.phase, run.trainable_model,
-                        run.optimizer)
-        run.next_epoch, run.next_phase = next_epoch, next_phase
-        self.model.stop_training = True  # one epoch per fit() call
-
-
-_warned_plot = False
-
-
-def _plot(history: pd.DataFrame, path: Path) -> None:
-    global _warned_plot
-    try:
-        from icapnet.visualize import plot_loss_curves
-
-        plot_loss_curves(history, path)
-    except Exception as err:  # a plot must never stop training
-        if not _warned_plot:
-            log.warning("%s: could not draw loss curves (%s)", path, err)
-            _warned_plot = True
-
-
-def _tensorboard(out_dir: Path) -> list[keras.callbacks.Callback]:
-    """TensorBoard logs under out/logs when the tensorboard package is installed."""
-    if importlib.util.find_spec("tensorboard") is None:
-        global _warned_tensorboard
-        if not _warned_tensorboard:
-            log.warning("tensorboard is not installed: no TensorBoard logs "
-                        "(pip install tensorboard)")
-            _warned_tensorboard = True
-        return []
-    return [keras.callbacks.TensorBoard(log_dir=str(out_dir / LOG_DIR))]
-
-
-_warned_tensorboard = False
-
-
-# --------------------------------------------------------------------------- fine-tuning
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class FineTuner(keras.Model):
-    """Backbone + captioner trained end to end from images (the backbone partly unfrozen)."""
-
-    def __init__(self, extractor: keras.Model, captioner: Captioner, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.extractor = extractor
-        self.captioner = captioner
-
-    @property
-    def metrics(self) -> list:
-        return self.captioner.metrics
-
-    def call(self, inputs, training=False):
-        images, captions_in = inputs
-        return self.captioner((self.extractor(images, training=training), captions_in),
-                              training=training)
-
-    def train_step(self, data):
-        images, captions = data[0], data[1]
-        with tf.GradientTape() as tape:
-            features = self.extractor(images, training=True)
-            loss, stats = self.captioner.compute_losses(features, captions, training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = self.captioner.clip_gradients(tape.gradient(scaled, variables), variables,
-                                              self.optimizer)
-        self.optimizer.apply(grads, variables)
-        return self.captioner.update_metrics(loss, stats)
-
-    def test_step(self, data):
-        features = self.extractor(data[0], training=False)
-        loss, stats = self.captioner.compute_losses(features, data[1], training=False)
-        return self.captioner.update_metrics(loss, stats)
-
-
-def unfreeze_from(extractor: keras.Model, layer_name: str) -> int:
-    """Make the backbone layers from ``layer_name`` on trainable; returns how many have weights."""
-    for trunk in extractor.layers:
-        if isinstance(trunk, keras.Model):
-            names = [layer.name for layer in trunk.layers]
-            if layer_name not in names:
-                raise IcapnetError(f"--fine-tune-from {layer_name}: no such backbone layer "
-                                   f"(e.g. {', '.join(n for n in names if 'conv' in n)[-60:]})")
-            trunk.trainable = True
-            start = names.index(layer_name)
-            count = 0
-            for i, layer in enumerate(trunk.layers):
-                layer.trainable = i >= start
-                count += int(i >= start and bool(layer.weights))
-            return count
-    raise IcapnetError(f"--fine-tune-from {layer_name}: the feature extractor has no backbone")
-
-
-def image_dataset(config: Config, cache_dir: Path, split: str, batch_size: int,
-                  shuffle: bool, seed: int, drop_remainder: bool = False) -> tf.data.Dataset:
-    """(images [B,S,S,3] float32, captions [B,T]) from the image files, for fine-tuning."""
-    from icapnet.data.datasets import load_dataset
-    from icapnet.data.features import open_cache, resize_images
-    from icapnet.data.images import load_image
-
-    if not config.data.dataset or not config.data.data_dir:
-        raise IcapnetError(f"{cache_dir}: the cache does not record where its images are; "
-                           "pass --dataset and --data-dir to fine-tune")
-    dataset = load_dataset(config.data.dataset, config.data.data_dir)
-    cache = open_cache(cache_dir)
-    vocab = cache.vocab
-    paths, rows = [], []
-    for image_id in cache.image_ids(split):
-        path = dataset.images.get(image_id)
-        if path is None:
-            raise IcapnetError(f"{Path(config.data.data_dir) / image_id}: image of the cache "
-                               "is missing from the dataset")
-        for caption in cache.captions.get(split, {}).get(image_id, []):
-            ids = vocab.encode(caption)
-            if len(ids) > 2:
-                paths.append(str(path))
-                rows.append(ids)
-    if not rows:
-        raise IcapnetError(f"{cache_dir}: no '{split}' captions to fine-tune on")
-    size = int(config.features.image_size)
-    ds = tf.data.Dataset.from_tensor_slices((paths, tf.ragged.constant(rows, tf.int32)))
-    if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed)
-
-    def load(path, caption):
-        image = tf.numpy_function(lambda p: load_image(p.decode("utf-8")), [path], tf.uint8)
-        image = resize_images(tf.ensure_shape(image, [None, None, 3]), size)
-        return tf.ensure_shape(image, [size, size, 3]), caption
-
-    ds = ds.map(lambda p, c: load(p, c), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.padded_batch(batch_size, padded_shapes=([size, size, 3], [None]),
-                         drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def save_backbone(extractor: keras.Model, config: Config, path: Path) -> None:
-    """Write the fine-tuned backbone as weights the feature extractor can load by itself."""
-    from icapnet.data.features import get_backbone
-
-    spec = get_backbone(config.features.backbone)
-    size = int(config.features.image_size)
-    base = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3))
-    tuned = {layer.name: layer for m in extractor.layers if isinstance(m, keras.Model)
-             for layer in m.layers}
-    for layer in base.layers:
-        if layer.weights and layer.name in tuned:
-            layer.set_weights(tuned[layer.name].get_weights())
-    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}.weights.h5"
-    base.save_weights(str(tmp))
-    os.replace(tmp, path)
+    features = dataclasses.replace(
+        config.features,
+        backbone=manifest.get("backbone", config.features.backbone),
+        layer=manifest.get("layer", config.features.layer),
+        weights=weights,
+        random_init=random_init,
+        image_size=int(manifest.get("image_size", config.features.image_size)),
+        num_regions=regions,
+        feature_dim=channels,
+    )
+    split = manifest.get("split")
+    data = dataclasses.replace(
+        config.data,
+        cache_dir=str(fs.path(cache_dir)),
+        dataset=config.data.dataset or str(manifest.get("dataset", "")),
+        data_dir=config.data.data_dir or str(manifest.get("data_dir", "")),
+        # What the model was trained on, for the page, evaluate and the caption CLI.
+        split=str(split["source"]) if isinstance(split, dict) and "source" in split else None,
+        **{f"{s}_images": cache.num_images(s) for s in ("train", "val", "test")},
+        **{f"{s}_captions": cache.num_captions(s) for s in ("train", "val", "test")},
+    )
+    return dataclasses.replace(config, model=model, features=features, data=data)
 
 
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Phase:
+    number: int  # 1: captioner on cached features, 2: fine-tuning on images
+    start: int  # first epoch
+    end: int  # one past the last epoch
+
+
 class _Run:
-    config: Config
-    cache_dir: Path
-    out_dir: Path
-    strategy: tf.distribute.Strategy
-    history: pd.DataFrame
-    captioner: Captioner | None = None
-    trainable_model: keras.Model | None = None
-    optimizer: Any = None
-    early_stopping: ResumableEarlyStopping | None = None
-    phase: int = 1
-    phase_start: int = 0
-    phase_end: int = 0
-    next_epoch: int = 0
-    next_phase: int = 1
+    """The models, strategy and phases of one ``train()`` call."""
 
-    monitor: str = "val_loss"
+    def __init__(self, config: Config, cache_dir: Path, model_dir: Path,
+                 strategy: tf.distribute.Strategy, write_dir: Path) -> None:
+        self.config = config
+        self.cache_dir = cache_dir
+        self.model_dir = model_dir  # where the run's state is read from (shared by workers)
+        self.write_dir = write_dir  # where this process writes it (model_dir on the chief)
+        self.strategy = strategy
+        self.captioner: keras.Model | None = None
+        self.model: keras.Model | None = None  # what fit() trains: captioner or fine-tuner
 
-    def phase_values(self) -> list[float]:
-        """The monitored loss of every finished epoch of the current phase."""
-        if self.history.empty:
-            return []
-        rows = self.history[self.history["phase"] == self.phase]
-        column = self.monitor if self.monitor in rows else "loss"
-        return [float(v) for v in rows[column]]
+    def phases(self) -> list[_Phase]:
+        tcfg = self.config.train
+        frozen = _Phase(1, 0, int(tcfg.epochs))
+        if not tcfg.fine_tune_from or tcfg.fine_tune_epochs <= 0:
+            return [frozen]
+        return [frozen, _Phase(2, frozen.end, frozen.end + int(tcfg.fine_tune_epochs))]
+
+    def build(self, model_phase: int, on_model: Callable[[keras.Model], None] | None) -> None:
+        with self.strategy.scope():
+            self.captioner = build_captioner(self.config)
+            if on_model is not None:
+                on_model(self.captioner)
+            if model_phase == 1:
+                self._compile(self.captioner, self.config.train.learning_rate)
+            else:
+                self.start_fine_tuning()
+
+    def start_fine_tuning(self) -> None:
+        from icapnet.model.backbone import build_feature_extractor
+        from icapnet.model.finetune import FineTuner, unfreeze_from
+
+        cfg = self.config
+        with self.strategy.scope():
+            extractor = build_feature_extractor(cfg.features)
+            count = unfreeze_from(extractor, cfg.train.fine_tune_from)
+            log.info("fine-tuning %d backbone layers from %s", count, cfg.train.fine_tune_from)
+            self._compile(FineTuner(extractor, self.captioner),
+                          cfg.train.fine_tune_learning_rate)
+
+    def _compile(self, model: keras.Model, learning_rate: float) -> None:
+        model.compile(optimizer=make_optimizer(self.config.train.optimizer, learning_rate),
+                      jit_compile=bool(self.config.train.jit_compile))
+        model.optimizer.build(model.trainable_variables)
+        self.model = model
+
+    def datasets(self, phase: _Phase, first: int) -> tuple[tf.data.Dataset, int,
+                                                            tf.data.Dataset | None]:
+        """(train epochs ``first``..end, steps per epoch, validation or None) of a phase."""
+        from icapnet.data.pipeline import (
+            Batching,
+            longest_caption,
+            make_dataset,
+            make_epochs_dataset,
+            steps_per_epoch,
+        )
+        from icapnet.model.finetune import image_dataset
+
+        tcfg = self.config.train
+        # Static shapes (TPUs always): one caption length for train and val, no partial batch.
+        # XLA on CPU needs the fixed length too (its gradient of a while loop over a varying
+        # caption length fails to compile); a smaller last batch only costs one more compile.
+        drop = bool(tcfg.static_shapes) or tcfg.strategy == "tpu"
+        fixed = drop or bool(tcfg.jit_compile)
+        length = longest_caption(self.cache_dir, ("train", "val")) if fixed else None
+        seeds = [epoch_seed(tcfg.seed, e) for e in range(first, phase.end)]
+        batching = Batching.from_config(tcfg) if phase.number == 1 else None
+        steps = steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
+                                batching=batching, caption_length=length)
+        if steps < 1:
+            raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on"
+                               + (" (fewer than one full batch)" if drop else ""))
+        if phase.number == 1:
+            train_ds = make_epochs_dataset(self.cache_dir, "train", tcfg.batch_size, seeds,
+                                           drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer,
+                                           caption_length=length, batching=batching)
+        else:
+            train_ds = image_dataset(self.config, self.cache_dir, "train", tcfg.batch_size,
+                                     seeds, drop, length)
+        try:
+            if phase.number == 1:
+                val_ds = make_dataset(self.cache_dir, "val", tcfg.batch_size, shuffle=False,
+                                      drop_remainder=drop, caption_length=length)
+            else:
+                val_ds = image_dataset(self.config, self.cache_dir, "val", tcfg.batch_size,
+                                       None, drop, length)
+        except IcapnetError:
+            return self._sharded(train_ds), steps, None
+        val_steps = steps_per_epoch(self.cache_dir, "val", tcfg.batch_size, drop_remainder=drop)
+        if val_steps < 1:
+            return self._sharded(train_ds), steps, None
+        # A known length makes Keras start a fresh pass over it every epoch.
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_steps))
+        return self._sharded(train_ds), steps, self._sharded(val_ds)
+
+    def _sharded(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """Across workers, split every global batch (not the shard files): each worker reads
+        the whole cache, and the run sees the batches of a one-process run."""
+        if not is_multi_worker(self.strategy):
+            return ds
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        return ds.with_options(options)
+
+    def fit(self, phase: _Phase, state: TrainState, history: pd.DataFrame, verbose: int | str,
+            extra_callbacks: Sequence[keras.callbacks.Callback]) -> tuple[pd.DataFrame,
+                                                                           TrainState]:
+        """One ``fit()`` from ``state.next_epoch`` to the end of ``phase`` (or early stop)."""
+        tcfg = self.config.train
+        first = max(state.next_epoch, phase.start)
+        train_ds, steps, val_ds = self.datasets(phase, first)
+        monitor, scorer = self.monitor(phase, val_ds is not None)
+        mode = "max" if monitor == "val_bleu4" else "min"
+        resume = state.callbacks if state.model_phase == phase.number else {}
+        early = ResumableEarlyStopping(monitor=monitor, mode=mode,
+                                       patience=tcfg.early_stopping_patience)
+        early.resume = resume.get("early_stopping")
+        plateau: dict[str, keras.callbacks.Callback] = {"early_stopping": early}
+        if tcfg.reduce_lr_patience > 0:
+            reduce = ResumableReduceLROnPlateau(monitor=monitor, mode=mode,
+                                                factor=tcfg.reduce_lr_factor,
+                                                patience=tcfg.reduce_lr_patience,
+                                                min_lr=MIN_LEARNING_RATE)
+            reduce.resume = resume.get("reduce_lr")
+            plateau = {"early_stopping": early, "reduce_lr": reduce}
+        recorder = EpochRecorder(self.write_dir, phase.number, phase.end, history, monitor,
+                                 plateau, mode=mode)
+        # The plateau callbacks run in the order reduce, early (as before), the recorder last.
+        callbacks = [*scorer, *extra_callbacks, *tensorboard(self.write_dir),
+                     *([plateau["reduce_lr"]] if "reduce_lr" in plateau else []), early,
+                     recorder]
+        try:
+            self.model.fit(
+                train_ds,
+                validation_data=val_ds,
+                steps_per_epoch=steps,
+                initial_epoch=first,
+                epochs=phase.end,
+                callbacks=callbacks,
+                shuffle=False,  # each epoch is already shuffled by its own seed
+                verbose=verbose,
+            )
+        except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as err:
+            # A corrupt record (TensorFlow names an offset, not the shard), or fewer records
+            # than the manifest promised (the datasets' asserted cardinality).
+            if isinstance(err, tf.errors.FailedPreconditionError) and \
+                    "expected to contain" not in err.message:
+                raise
+            from icapnet.data.cache_check import corrupt_data_error
+
+            raise corrupt_data_error(self.cache_dir, open_cache(self.cache_dir,
+                                                                check_files=False).manifest,
+                                     ("train", "val"), err) from None
+        if recorder.state is None:
+            raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
+                               f"{first + 1}")
+        return recorder.history, recorder.state
+
+    def monitor(self, phase: _Phase, has_val: bool) -> tuple[str, list[keras.callbacks.Callback]]:
+        """What early stopping watches in ``phase``, and the callback that computes it.
+
+        Validation BLEU-4 is decoded from the cached features, so it serves the first phase;
+        the fine-tuning phase (whose features change with the backbone) watches val_loss.
+        """
+        if not has_val:
+            return "loss", []
+        if self.config.train.early_stopping_metric == "val_bleu4" and phase.number == 1:
+            from icapnet.model.callbacks import ValidationBleu
+
+            return "val_bleu4", [ValidationBleu(self.cache_dir, self.captioner,
+                                                self.config.model.max_length,
+                                                self.config.train.batch_size)]
+        return "val_loss", []
 
 
 def train(
@@ -476,45 +327,131 @@ def train(
 ) -> pd.DataFrame:
     """Train (or resume training) a captioner on a feature cache into ``out_dir``.
 
-    Returns the full history. The model directory (config.json, vocab.json, weights,
-    model.keras) is written at the end with the best weights; history.csv, loss.png,
-    checkpoints/ and logs/ are kept up to date after every epoch.
+    Returns the full history. The model directory (config.json, vocab.json, weights) is
+    written at the end with the best weights; history.csv, loss.png, checkpoints/ and logs/
+    are kept up to date after every epoch. ``config`` is not modified.
     """
-    from icapnet.data.features import open_cache
-
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    config.validate()
+    cache_dir, out_dir = fs.path(cache_dir), fs.path(out_dir)
     cfg = config_from_cache(cache_dir, config)
-    tcfg = cfg.train
     vocab = open_cache(cache_dir).vocab
     _check_previous_run(out_dir, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".save-tmp-*"):
-        import shutil
-
-        shutil.rmtree(stale, ignore_errors=True)
-
-    keras.utils.set_random_seed(tcfg.seed)
+    # Multi-worker: created before the first TensorFlow op runs here (it sets up collectives).
+    strategy = get_strategy(cfg.train.strategy)
+    chief = is_chief(strategy)
+    if chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (out_dir, out_dir / CHECKPOINT_DIR):  # writes a killed run left half-done
+            remove_stale_temps(folder)
+    keras.utils.set_random_seed(cfg.train.seed)
     previous_policy = keras.mixed_precision.global_policy().name
     from icapnet.model.precision import policy_name
 
-    keras.mixed_precision.set_global_policy(policy_name(tcfg.mixed_precision, tcfg.strategy))
-    try:
-        run = _Run(cfg, cache_dir, out_dir, get_strategy(tcfg.strategy), read_history(out_dir))
-        run.history = _fit_phases(run, vocab, verbose, extra_callbacks, on_model)
-        if run.trainable_model is not run.captioner:  # fine-tuned: the backbone changed too
-            backbone = out_dir / BACKBONE_FILE
-            save_backbone(run.trainable_model.extractor, cfg, backbone)
-            cfg.features.weights = str(backbone.resolve())
-        save_model_dir(out_dir, run.captioner, vocab, cfg)
-        return run.history
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    keras.mixed_precision.set_global_policy(policy_name(cfg.train.mixed_precision,
+                                                        cfg.train.strategy))
+    # Every worker writes what the chief writes, the others into a private folder deleted at
+    # the end (TensorFlow's advice: a save may need all workers to take part).
+    with contextlib.ExitStack() as stack:
+        write_dir = out_dir if chief else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="icapnet-worker-")))
+        try:
+            run = _Run(cfg, cache_dir, out_dir, strategy, write_dir)
+            try:
+                history = _run_phases(run, verbose, extra_callbacks, on_model)
+            except (tf.errors.UnavailableError, tf.errors.AbortedError) as err:
+                if not is_multi_worker(strategy):
+                    raise
+                # A worker died or cannot be reached: the collectives were aborted everywhere.
+                detail = " ".join(line.strip() for line in err.message.splitlines()[:3])
+                raise IcapnetError(f"{out_dir}: {worker_name(strategy)} lost another worker "
+                                   f"({detail}); start every worker again with the same "
+                                   "command: training resumes from the last checkpoint"
+                                   ) from None
+            if run.model is not run.captioner:  # fine-tuned: the backbone changed too
+                from icapnet.model.finetune import save_backbone
+
+                backbone = write_dir / BACKBONE_WEIGHTS_FILE
+                save_backbone(run.model.extractor, cfg, backbone)
+                cfg = dataclasses.replace(cfg, features=dataclasses.replace(
+                    cfg.features, weights=str((out_dir / BACKBONE_WEIGHTS_FILE).resolve())))
+            save_model_dir(write_dir, run.captioner, vocab, cfg)
+            return history
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run_phases(run: _Run, verbose: int | str,
+                extra_callbacks: Sequence[keras.callbacks.Callback],
+                on_model: Callable[[keras.Model], None] | None) -> pd.DataFrame:
+    """Restore the newest checkpoint (if any), then fit each phase that is not done yet."""
+    found = latest_checkpoint(run.model_dir)
+    state = read_state(found) if found else TrainState()
+    _check_workers_agree(run, found, state)
+    # The run's config sits beside its checkpoints from the start (not in the model dir yet).
+    run.config.save(run.write_dir / CHECKPOINT_DIR)
+    if found and run.write_dir != run.model_dir:  # a worker restores the chief's best weights
+        best = run.model_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE
+        if best.is_file():
+            atomic_write_bytes(run.write_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE,
+                               best.read_bytes())
+    run.build(state.model_phase, on_model)
+    if found:
+        with run.strategy.scope():
+            state = restore_checkpoint(found, run.model, run.model.optimizer)
+    history = _trim_history(read_history(run.model_dir), state.next_epoch)
+    todo = [phase for phase in run.phases() if not _phase_done(phase, state, history)]
+    if found and todo:
+        log.info("resuming %s at epoch %d", run.model_dir,
+                 max(state.next_epoch, todo[0].start) + 1)
+    elif found:
+        log.info("%s: already trained (%d epochs in its history); nothing to do", run.model_dir,
+                 len(history))
+    for phase in run.phases():
+        if _phase_done(phase, state, history):
+            continue
+        if phase.number == 2 and run.model is run.captioner:
+            run.start_fine_tuning()
+        history, state = run.fit(phase, state, history, verbose, extra_callbacks)
+    return history
+
+
+def _phase_done(phase: _Phase, state: TrainState, history: pd.DataFrame) -> bool:
+    """Whether ``phase`` has nothing left to train.
+
+    A phase that ran to its last epoch and is now given more epochs (a larger ``--epochs``
+    on a finished run) continues; one that early stopping ended stays done, and so does a
+    phase the run has moved past.
+    """
+    if state.next_epoch >= phase.end:
+        return True
+    if phase.number >= state.next_phase:
+        return False
+    if phase.number != state.model_phase or "phase" not in history:
+        return True
+    ran = history.loc[history["phase"] == phase.number, "epoch"]
+    return ran.empty or int(ran.max()) + 1 != state.next_epoch
+
+
+def _check_workers_agree(run: _Run, found: Path | None, state: TrainState) -> None:
+    """Every worker must resume from the same checkpoint (they read it from ``--out``)."""
+    mark = -1 if found is None else state.next_phase * 1_000_000 + state.next_epoch
+    marks = gather_from_workers(run.strategy, mark)
+    if len(set(marks)) > 1:
+        seen = ", ".join("none" if m < 0 else f"epoch {m % 1_000_000}" for m in marks)
+        raise IcapnetError(f"{run.model_dir}: the workers found different checkpoints ({seen}); "
+                           "--out must be one folder every worker reads (a shared file system "
+                           f"or gs://), this is {worker_name(run.strategy)}")
+
+
+def _trim_history(history: pd.DataFrame, next_epoch: int) -> pd.DataFrame:
+    """Drop rows of epochs whose checkpoint was never written (a crash right after the row)."""
+    if history.empty or "epoch" not in history:
+        return history
+    return history[history["epoch"] < next_epoch].reset_index(drop=True)
 
 
 def _check_previous_run(out_dir: Path, cfg: Config) -> None:
     """Refuse to resume into a directory trained with a different model shape."""
-    from icapnet.config import CONFIG_FILE
-
     path = out_dir / CHECKPOINT_DIR / CONFIG_FILE
     if not path.is_file() or latest_checkpoint(out_dir) is None:
         return
@@ -525,141 +462,20 @@ def _check_previous_run(out_dir: Path, cfg: Config) -> None:
     if old.model != cfg.model:
         raise IcapnetError(f"{out_dir}: holds a run with a different model config; "
                            "use another --out or delete it")
+    state = read_state(latest_checkpoint(out_dir))
+    if state.model_phase == 2 and old.train.epochs != cfg.train.epochs:
+        raise IcapnetError(f"--epochs: {out_dir} already fine-tunes after epoch "
+                           f"{old.train.epochs}; keep --epochs {old.train.epochs} "
+                           "(use --fine-tune-epochs to train longer)")
 
 
-def _compile(run: _Run, model: keras.Model, learning_rate: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  jit_compile=bool(run.config.train.jit_compile))
-    run.optimizer = model.optimizer
-    run.optimizer.build(model.trainable_variables)
-    run.trainable_model = model
-
-
-def _fit_phases(run: _Run, vocab, verbose, extra_callbacks, on_model) -> pd.DataFrame:
-    """Restore the newest checkpoint (if any), then run the frozen and fine-tuning phases."""
-    cfg, tcfg = run.config, run.config.train
-    frozen_end = int(tcfg.epochs)
-    fine_tune = bool(tcfg.fine_tune_from) and tcfg.fine_tune_epochs > 0
-    total = frozen_end + (int(tcfg.fine_tune_epochs) if fine_tune else 0)
-
-    found = latest_checkpoint(run.out_dir)
-    model_phase, next_phase = read_checkpoint_phases(found[1]) if found else (1, 1)
-    # The run's config sits beside its checkpoints from the start (not in the model dir yet).
-    cfg.save(run.out_dir / CHECKPOINT_DIR)
-
-    with run.strategy.scope():
-        run.captioner = build_captioner(cfg)
-        if on_model is not None:
-            on_model(run.captioner)
-        if model_phase == 1:
-            _compile(run, run.captioner, tcfg.learning_rate)
-        else:
-            _enter_fine_tuning(run)
-        run.next_epoch, run.next_phase = 0, 1
-        if found:
-            run.next_epoch = restore_checkpoint(found[1], run.trainable_model, run.optimizer)
-            run.next_phase = next_phase
-            log.info("resuming %s at epoch %d", run.out_dir, run.next_epoch + 1)
-    run.history = _trim_history(run.history, run.next_epoch)
-
-    while run.next_epoch < total and run.next_phase <= (2 if fine_tune else 1):
-        if run.next_phase == 2 and run.phase == 1 and run.trainable_model is run.captioner:
-            with run.strategy.scope():
-                _enter_fine_tuning(run)
-        run.phase = run.next_phase
-        run.phase_start, run.phase_end = (0, frozen_end) if run.phase == 1 else (frozen_end, total)
-        run.next_epoch = max(run.next_epoch, run.phase_start)
-        if run.next_epoch >= run.phase_end:
-            run.next_phase += 1
-            continue
-        _fit_one_epoch(run, verbose, extra_callbacks)
-    return run.history
-
-
-def _trim_history(history: pd.DataFrame, next_epoch: int) -> pd.DataFrame:
-    """Drop rows of epochs whose checkpoint was never written (a crash right after the row)."""
-    if history.empty or "epoch" not in history:
-        return history
-    return history[history["epoch"] < next_epoch].reset_index(drop=True)
-
-
-def _enter_fine_tuning(run: _Run) -> None:
-    from icapnet.data.features import build_feature_extractor
-
-    cfg = run.config
-    extractor = build_feature_extractor(cfg.features)
-    count = unfreeze_from(extractor, cfg.train.fine_tune_from)
-    log.info("fine-tuning %d backbone layers from %s", count, cfg.train.fine_tune_from)
-    model = FineTuner(extractor, run.captioner, name="fine_tuner")
-    _compile(run, model, cfg.train.fine_tune_learning_rate)
-    run.phase = 2
-
-
-def _datasets(run: _Run, epoch: int) -> tuple[tf.data.Dataset, int, tf.data.Dataset | None, int]:
-    """(train, train steps, val or None, val steps) for ``epoch``; the order is seeded by it."""
-    from icapnet.data.pipeline import Batching, make_dataset, steps_per_epoch
-
-    tcfg = run.config.train
-    drop = tcfg.strategy == "tpu"  # TPUs need a static batch dimension
-    seed = epoch_seed(tcfg.seed, epoch)
-    if run.phase == 1:
-        batching = Batching.from_config(tcfg)
-        train_ds = make_dataset(run.cache_dir, "train", tcfg.batch_size, shuffle=True, seed=seed,
-                                drop_remainder=drop, shuffle_buffer=tcfg.shuffle_buffer,
-                                batching=batching)
-        steps = steps_per_epoch(run.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
-                                batching=batching)
-        try:
-            val_ds = make_dataset(run.cache_dir, "val", tcfg.batch_size, shuffle=False,
-                                  drop_remainder=drop, batching=batching)
-        except IcapnetError:
-            val_ds = None
-        return train_ds, steps, val_ds, _val_steps(run, val_ds)
-    train_ds = image_dataset(run.config, run.cache_dir, "train", tcfg.batch_size, True, seed, drop)
-    steps = steps_per_epoch(run.cache_dir, "train", tcfg.batch_size, drop_remainder=drop)
-    try:
-        val_ds = image_dataset(run.config, run.cache_dir, "val", tcfg.batch_size, False, 0, drop)
-    except IcapnetError:
-        val_ds = None
-    return train_ds, steps, val_ds, _val_steps(run, val_ds)
-
-
-def _val_steps(run: _Run, val_ds: tf.data.Dataset | None) -> int | None:
-    from icapnet.data.pipeline import Batching, steps_per_epoch
-
-    if val_ds is None:
-        return None
-    tcfg = run.config.train
-    batching = Batching.from_config(tcfg) if run.phase == 1 else None
-    return steps_per_epoch(run.cache_dir, "val", tcfg.batch_size,
-                           drop_remainder=tcfg.strategy == "tpu", batching=batching) or None
-
-
-def _fit_one_epoch(run: _Run, verbose, extra_callbacks) -> None:
-    tcfg = run.config.train
-    epoch = run.next_epoch
-    train_ds, steps, val_ds, val_steps = _datasets(run, epoch)
-    run.monitor = "val_loss" if val_ds is not None else "loss"
-    values = run.phase_values()
-    early = ResumableEarlyStopping(monitor=run.monitor, patience=tcfg.early_stopping_patience,
-                                   restore_best_weights=False)
-    early.seed_state = _plateau_state(values)
-    reduce = ResumableReduceLROnPlateau(monitor=run.monitor, factor=tcfg.reduce_lr_factor,
-                                        patience=tcfg.reduce_lr_patience, min_lr=1e-7)
-    reduce.seed_state = _plateau_state(values, tcfg.reduce_lr_patience)[:2]
-    run.early_stopping = early
-    callbacks = [*extra_callbacks, *_tensorboard(run.out_dir), reduce, early, EpochEnd(run)]
-    run.trainable_model.fit(
-        train_ds,
-        validation_data=val_ds,
-        validation_steps=val_steps,
-        steps_per_epoch=steps,
-        shuffle=False,  # the dataset is already shuffled, by (seed, epoch)
-        initial_epoch=epoch,
-        epochs=run.phase_end,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    if run.next_epoch == epoch:  # fit returned without finishing the epoch
-        raise IcapnetError(f"{run.cache_dir}: training stopped before the end of epoch "
-                           f"{epoch + 1} (no training data?)")
+def describe_history(history: pd.DataFrame) -> str:
+    """One line about a finished run (what ``train`` prints)."""
+    if history.empty:
+        return "trained 0 epochs"
+    best = "val_loss" if "val_loss" in history else "loss"
+    text = (f"trained {len(history)} epochs; best {best} {history[best].min():.4f}, "
+            f"last loss {history.iloc[-1]['loss']:.4f}")
+    if "val_bleu4" in history and history["val_bleu4"].notna().any():
+        text += f"; best val_bleu4 {history['val_bleu4'].max():.4f}"
+    return text

@@ -10,19 +10,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from icapnet.errors import IcapnetError
+from icapnet.layout import read_history
 from icapnet.plots.render import save_figure
 
 
 def _read_history(history: pd.DataFrame | str | Path) -> pd.DataFrame:
     if isinstance(history, pd.DataFrame):
         return history
-    path = Path(history)
-    if not path.is_file():
-        raise IcapnetError(f"{path}: training history not found")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise IcapnetError(f"{path}: not a readable history CSV ({err})") from err
+    return read_history(history, required=True)
 
 
 def loss_curves_figure(history: pd.DataFrame | str | Path) -> Figure:

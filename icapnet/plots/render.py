@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from icapnet import fs
 from icapnet.io import atomic_write_bytes
 
 DPI = 100
@@ -32,7 +33,7 @@ def figure_bytes(fig: Figure, fmt: str = "png", dpi: int = DPI, **metadata: str)
 
 def save_figure(fig: Figure, out_path: str | Path, dpi: int = DPI, **metadata: str) -> Path:
     """Write ``fig`` atomically (a reader never sees half an image); format from the suffix."""
-    out_path = Path(out_path)
+    out_path = fs.path(out_path)
     fmt = (out_path.suffix.lstrip(".") or "png").lower()
     atomic_write_bytes(out_path, figure_bytes(fig, fmt, dpi, **metadata))
     return out_path

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icapnet import __version__
+from icapnet.config import DEFAULT_BEAM
 from icapnet.data.images import load_image_bytes
 from icapnet.errors import IcapnetError
 from icapnet.web.examples import Example, find_examples
@@ -64,8 +66,11 @@ DECODE_MAX_SIDE = 1024  # uploads are decoded no larger than this (long side)
 MAX_CONCURRENT_DECODES = 2
 _PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors {ancestors}"
 )
+# Where Colab shows a kernel port inside the notebook (serve_kernel_port_as_iframe): the
+# notebook page and its output frames.
+COLAB_FRAME_ANCESTORS = ("https://colab.research.google.com", "https://*.googleusercontent.com")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 log = logging.getLogger("icapnet.serve")
 
@@ -74,8 +79,8 @@ class CaptionPredictor(Protocol):
     """What the app needs from ``icapnet.inference.predictor.Predictor``."""
 
     def caption_images(
-        self, images: list[np.ndarray], beam_size: int = 1, max_length: int | None = None,
-        length_penalty: float = 0.0, num_candidates: int = 1,
+        self, images: list[np.ndarray], beam_size: int = DEFAULT_BEAM,
+        max_length: int | None = None, length_penalty: float = 0.0, num_candidates: int = 1,
     ) -> list[Any]: ...
 
 
@@ -109,8 +114,14 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_beam_size: int = DEFAULT_MAX_BEAM_SIZE,
     examples_dir: str | Path | None = None,
+    frame_ancestors: Sequence[str] = (),
 ) -> FastAPI:
-    """Build the web app around an already-loaded predictor and the directory it came from."""
+    """Build the web app around an already-loaded predictor and the directory it came from.
+
+    The page refuses to be shown inside another site's frame unless its origin is in
+    ``frame_ancestors`` (the notebook passes COLAB_FRAME_ANCESTORS).
+    """
+    page_csp = _PAGE_CSP.format(ancestors=" ".join(frame_ancestors) or "'none'")
     model_dir = Path(model_dir)
     info = model_info(model_dir)  # fail at startup, not on the first visitor, if it is broken
     examples = {ex.name: ex for ex in find_examples(
@@ -150,7 +161,7 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(
             STATIC_DIR / "index.html",
-            headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"},
+            headers={"Content-Security-Policy": page_csp, "Cache-Control": "no-cache"},
         )
 
     @app.get("/api/health", response_model=HealthResponse, tags=["service"])
@@ -171,6 +182,7 @@ def create_app(
                 "max_upload_bytes": max_upload_bytes,
                 "max_upload": format_size(max_upload_bytes),
                 "max_beam_size": max_beam_size,
+                "default_beam_size": min(DEFAULT_BEAM, max_beam_size),
                 "max_candidates": MAX_CANDIDATES,
             },
         }
@@ -194,7 +206,8 @@ def create_app(
     async def caption_upload(request: Request, figure: bool = False) -> _Captioned:
         """Read, check, decode (bounded) and caption one upload."""
         upload = await read_image_upload(request, max_upload_bytes)
-        beam_size = parse_int_field(upload.fields, "beam_size", 1, 1, max_beam_size)
+        beam_size = parse_int_field(upload.fields, "beam_size",
+                                    min(DEFAULT_BEAM, max_beam_size), 1, max_beam_size)
         fmt = parse_choice_field(upload.fields, "format", "png", tuple(FIGURE_FORMATS)) \
             if figure else ""
         _check_is_image(upload.data, upload.filename)
@@ -210,11 +223,14 @@ def create_app(
             image = await to_thread.run_sync(decode, limiter=decode_limiter)
         except IcapnetError as err:
             raise UploadError(422, str(err)) from None
-        result = await to_thread.run_sync(
-            lambda: predictor.caption_images(
-                [image], beam_size=beam_size, num_candidates=min(beam_size, MAX_CANDIDATES)
-            )[0]
-        )
+        try:
+            result = await to_thread.run_sync(
+                lambda: predictor.caption_images(
+                    [image], beam_size=beam_size, num_candidates=min(beam_size, MAX_CANDIDATES)
+                )[0]
+            )
+        except IcapnetError as err:  # e.g. a beam wider than the model's vocabulary allows
+            raise UploadError(422, str(err)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return _Captioned(upload.filename, result, image, beam_size, elapsed_ms, fmt)
 

@@ -10,20 +10,17 @@ their absolute paths (a path says who runs the server and where).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from icapnet.config import Config
-from icapnet.data.text import VOCAB_FILE, Vocabulary
+from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
+from icapnet.layout import VOCAB_FILE, read_history, read_metrics
 
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 NOT_EVALUATED = "not evaluated yet"
 # The scores people compare captioners by, in the order papers print them: key in
 # metrics.json (first one present wins) -> label.
@@ -40,6 +37,9 @@ SUMMARY_METRICS = (
 # shown with the vocabulary; folders are shown by name).
 _NOT_PROVENANCE = {"data_dir", "cache_dir", "min_count", "max_vocab_size"}
 _BEAM_KEY = re.compile(r"beam(\d+)")
+# DataConfig fields holding a sentence that may contain a path, not a path.
+_SENTENCES = {"split"}
+_PATH_IN_TEXT = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:[\\/]|/)[^\s;,()]*")
 
 
 def model_info(model_dir: str | Path) -> dict[str, Any]:
@@ -88,7 +88,10 @@ def training_data(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"dataset": data.get("dataset") or "unknown"}
     for key, value in data.items():
         if key not in _NOT_PROVENANCE and key != "dataset" and value not in (None, "", [], {}):
-            out[key] = without_paths(value)
+            # A sentence such as the split's source ("random 80/10/10 by image", "split files
+            # beside the data ...: /home/me/f8k") keeps its words; only the paths in it shrink.
+            out[key] = paths_in_text_to_names(value) if key in _SENTENCES else \
+                without_paths(value)
     if data.get("data_dir"):
         out["folder"] = path_name(data["data_dir"])
     out.setdefault("backbone_weights", path_name(config.features.weights))
@@ -147,6 +150,11 @@ def path_name(value: str) -> str:
     return text
 
 
+def paths_in_text_to_names(text: str) -> str:
+    """``text`` with every absolute path in it replaced by its last part."""
+    return _PATH_IN_TEXT.sub(lambda m: path_name(m.group(0)), str(text))
+
+
 def without_paths(value: Any) -> Any:
     """``value`` with every string that looks like a path replaced by its last part."""
     if isinstance(value, dict):
@@ -167,18 +175,6 @@ def _looks_like_path(text: str) -> bool:
     ) and "://" not in text
 
 
-def read_metrics(model_dir: Path) -> dict[str, Any] | None:
-    """The evaluation results next to the model, or None if it was never (validly) evaluated."""
-    path = model_dir / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) and raw else None
-
-
 def _vocab_size(model_dir: Path, config: Config) -> int:
     """Prefer the saved vocabulary (the truth); fall back to the size recorded in the config."""
     try:
@@ -189,16 +185,14 @@ def _vocab_size(model_dir: Path, config: Config) -> int:
 
 def _training_summary(model_dir: Path) -> dict[str, Any] | None:
     """Epochs run and the last losses from history.csv, if training left one."""
-    path = model_dir / HISTORY_FILE
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError):
+        history = read_history(model_dir)
+    except IcapnetError:
         return None
-    if not rows:
+    if history.empty:
         return None
-    last = rows[-1]
-    summary: dict[str, Any] = {"epochs": len(rows)}
+    last = history.iloc[-1]
+    summary: dict[str, Any] = {"epochs": len(history)}
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         try:
             value = float(last.get(key, ""))

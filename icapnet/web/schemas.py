@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from icapnet.config import DEFAULT_BEAM
 from icapnet.web.upload import format_size
 
 MAX_CANDIDATES = 5  # beam captions listed in a response (and on the page)
@@ -74,7 +75,7 @@ def request_body_schema(
             "type": "integer",
             "minimum": 1,
             "maximum": max_beam_size,
-            "default": 1,
+            "default": min(DEFAULT_BEAM, max_beam_size),
             "description": "Beam width; 1 is greedy decoding.",
         },
     }

@@ -26,6 +26,7 @@
   const state = {
     file: null, url: null, result: null, maps: [], labels: [], vmax: 1, selected: -1,
     pinned: -1, maxBytes: 10 * 1024 * 1024, info: null, synthetic: false, previewOk: false,
+    beamTouched: false,
   };
   const SYNTHETIC_NOTE = "This model was trained on synthetic shapes; it describes any photo as coloured shapes.";
   const narrow = window.matchMedia("(max-width: 899px)");
@@ -163,7 +164,7 @@
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
 
-  els.beam.addEventListener("input", () => { els.beamValue.textContent = els.beam.value; });
+  els.beam.addEventListener("input", () => { state.beamTouched = true; els.beamValue.textContent = els.beam.value; });
 
   els.clearButton.addEventListener("click", () => {
     resetSelection();
@@ -443,6 +444,7 @@
       state.maxBytes = info.limits.max_upload_bytes;
       els.maxUpload.textContent = info.limits.max_upload;
       els.beam.max = String(info.limits.max_beam_size);
+      if (!state.beamTouched && info.limits.default_beam_size) els.beam.value = String(info.limits.default_beam_size);
       if (Number(els.beam.value) > info.limits.max_beam_size) els.beam.value = String(info.limits.max_beam_size);
       els.beamValue.textContent = els.beam.value;
       window.IcapnetInfo.render(els.info, info);
