@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from icapnet.config import DEFAULT_BEAM
 from icapnet.errors import run_cli
 from icapnet.export import EXPORT_INFO_FILE, main
 from icapnet.inference.predictor import Predictor
@@ -74,7 +75,7 @@ def test_export_round_trip_without_icapnet(
     assert sorted(p.name for p in model_dir.iterdir()) == before  # the model dir is untouched
     assert (export_dir / "saved_model.pb").is_file()
     info = json.loads((export_dir / "assets.extra" / EXPORT_INFO_FILE).read_text())
-    assert info["default_beam_size"] == 1
+    assert info["default_beam_size"] == DEFAULT_BEAM  # the CLIs' default, baked in
     assert not list(tmp_path.glob(".export*")), "temporary export folder left behind"
 
     blobs = _png_copies(sample_images, tmp_path / "png")
@@ -91,7 +92,7 @@ def test_export_round_trip_without_icapnet(
     assert got["icapnet_imported"] is False
 
     predictor = Predictor.from_dir(model_dir)
-    for name, beam in (("default", 1), ("beam", 2)):
+    for name, beam in (("default", DEFAULT_BEAM), ("beam", 2)):
         expected = [predictor.caption_bytes(b, beam_size=beam) for b in blobs]
         out = got[name]
         assert out["captions"] == [r.caption for r in expected]

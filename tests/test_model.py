@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from icapnet.config import Config, ModelConfig, TrainConfig
+from icapnet.config import Config, FeatureConfig, ModelConfig, TrainConfig
 from icapnet.data.text import Vocabulary
 from icapnet.errors import IcapnetError
 from icapnet.model import (
@@ -331,7 +331,8 @@ def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
         assert clone.get_config() == layer.get_config()
 
     vocab = Vocabulary(list(Vocabulary.SPECIALS) + [f"w{i}" for i in range(16)])
-    config = Config(model=model.model_config, train=TrainConfig(attention_penalty=0.3))
+    config = Config(model=model.model_config, train=TrainConfig(attention_penalty=0.3),
+                    features=FeatureConfig(num_regions=R, feature_dim=F))
     out = save_model_dir(tmp_path / "dir", model, vocab, config)
     names = {p.name for p in out.iterdir()}
     # config.json is the one copy of the hyperparameters: no model.keras beside it

@@ -46,7 +46,9 @@ def serialize_record(image_id: str, features: np.ndarray) -> bytes:
         "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
         "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
     }))
-    return example.SerializeToString()
+    # Map order is per process otherwise: shards written by parallel workers would differ
+    # byte for byte (and in their recorded sha256) from a one-process build.
+    return example.SerializeToString(deterministic=True)
 
 
 _RECORD_SPEC = {

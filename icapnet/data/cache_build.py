@@ -94,6 +94,8 @@ class _Loaded:
 
 def cache_settings(cfg: FeatureConfig) -> dict[str, Any]:
     """What the features depend on; a cache built with other settings must not be reused."""
+    from icapnet.model.precision import backbone_precision
+
     weights = resolve_weights(cfg.weights)
     settings: dict[str, Any] = {
         "backbone": cfg.backbone,
@@ -101,6 +103,9 @@ def cache_settings(cfg: FeatureConfig) -> dict[str, Any]:
         "weights": "none" if weights is None else weights,
         "image_size": int(cfg.image_size),
         "dtype": CACHE_DTYPE,
+        # What the backbone computed in ("auto" resolves per machine): bfloat16 features
+        # differ from float32 ones by ~0.8 %, so a cache is not reused across the two.
+        "backbone_dtype": backbone_precision(cfg.precision),
     }
     if weights is None:
         settings["random_init"] = RANDOM_BACKBONE

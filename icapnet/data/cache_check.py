@@ -35,7 +35,7 @@ CACHE_DTYPE = "float16"
 CACHE_VERSION = 1
 # What the features depend on; their fingerprints are recorded when the cache is written.
 SETTINGS = ("backbone", "layer", "weights", "random_init", "weights_sha1", "image_size",
-            "dtype", "feature_shape")
+            "dtype", "backbone_dtype", "feature_shape")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{5,}\.tfrecord$")
 _TFRECORD_FRAMING = 16  # length (8) + its CRC (4) + data CRC (4)
 
@@ -92,7 +92,8 @@ def validate_manifest(manifest: Any, path: str | Path) -> dict[str, Any]:
         c.fail("version", f"{version} is newer than this icapnet reads ({CACHE_VERSION})")
     for key in ("backbone", "layer", "weights", "dtype"):
         c.get(manifest, key, key, str)
-    for key in ("random_init", "weights_sha1", "dataset", "data_dir", "finished_at"):
+    for key in ("random_init", "weights_sha1", "backbone_dtype", "dataset", "data_dir",
+                "finished_at"):
         c.get(manifest, key, key, str, required=False)
     if manifest["dtype"] != CACHE_DTYPE:
         c.fail("dtype", f"{manifest['dtype']!r} (this icapnet writes and reads {CACHE_DTYPE})")

@@ -152,19 +152,6 @@ def best_boundaries(lengths: np.ndarray, buckets: int) -> list[int]:
     return sorted(ends)
 
 
-def _records(paths: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle and len(paths) > 1:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(4, len(paths)),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-
-
 class _Pairs:
     """The (features, caption group) stream of one split, built once and shared by every
     epoch. A group is K captions of one image (K = 1 unless ``batching.group_by_image``)."""
