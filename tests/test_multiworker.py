@@ -39,7 +39,7 @@ WORKER = textwrap.dedent("""
     from icapnet import cli
     from icapnet.errors import run_cli
     from icapnet.model.training import train
-    from icapnet.train import build_parser, config_from_args
+    from icapnet.train import build_parser, cache_dataset, config_from_args
 
     kill_epoch, argv = int(sys.argv[1]), sys.argv[2:]
 
@@ -54,7 +54,8 @@ WORKER = textwrap.dedent("""
     def main(argv):
         args = build_parser().parse_args(argv)
         cli.start(log_info=True)  # "resuming ..." on stderr
-        train(config_from_args(args), args.cache, args.out, verbose=0, extra_callbacks=[KillAt()])
+        config = config_from_args(args, cache_dataset(args.cache))  # as train.main does
+        train(config, args.cache, args.out, verbose=0, extra_callbacks=[KillAt()])
     sys.exit(run_cli(main, argv))
 """)
 

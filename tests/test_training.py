@@ -193,7 +193,7 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
 
 def test_mixed_precision_run_trains_and_checkpoints_its_loss_scale(tmp_path):
     cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
-    config = _config(epochs=2, mixed_precision=True)
+    config = _config(epochs=2, mixed_precision="float16")
     history = train(config, cache, tmp_path / "m", verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     assert np.isfinite(history["loss"]).all() and history["loss"][1] < history["loss"][0]
