@@ -106,6 +106,7 @@ def write_random_cache(root: Path, captions: dict[str, dict[str, list[str]]],
     root = Path(root)
     stamp = {"captions": _digest(captions), "shape": list(feature_shape)}
     if (root / "bench.json").is_file() and json.loads((root / "bench.json").read_text()) == stamp:
+        _complete_manifest(root)  # caches written before open_cache validated every field
         return root
     rng = np.random.default_rng(seed)
     (root / "features").mkdir(parents=True, exist_ok=True)
@@ -127,11 +128,21 @@ def write_random_cache(root: Path, captions: dict[str, dict[str, list[str]]],
                     manifest["images"][image_id] = {"split": split, "shard": shard, "sha1": "0"}
             manifest["shards"][shard] = {"split": split, "count": len(chunk), "written": chunk}
     (root / "manifest.json").write_text(json.dumps(manifest))
+    _complete_manifest(root)
     (root / "captions.json").write_text(json.dumps(clean))
     train = [c for caps in clean.get("train", {}).values() for c in caps]
     Vocabulary.build(train, min_count=min_count).save(root / "vocab.json")
     (root / "bench.json").write_text(json.dumps(stamp))
     return root
+
+
+def _complete_manifest(root: Path) -> None:
+    """Fill in what ``open_cache`` validates: each shard's image list and its size."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name, info in manifest["shards"].items():
+        info.setdefault("images", list(info["written"]))
+        info["bytes"] = (root / "features" / name).stat().st_size
+    (root / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _digest(captions: dict) -> str:

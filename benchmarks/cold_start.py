@@ -7,7 +7,7 @@ sooner. Both run as fresh subprocesses, alternately (so load from other processe
 alike), ``--runs`` times each; reported: median wall and CPU seconds of each, and the ratio
 of the medians (target <= 1.3).
 
-The model is a DEFAULT-size captioner (embedding 256, GRU 512, attention 512, vocabulary
+The model is a DEFAULT-size captioner (embedding 256, GRU 512, attention 256, vocabulary
 2,538 = Flickr8k's) with random weights, and its VGG16 weights are a local .h5 file, loaded
 the way ImageNet weights are (the download is not possible here; file size and loading path
 are the same). ``--phases`` also runs the CLI's steps one by one in one process and prints

@@ -146,7 +146,7 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     import keras
     import tensorflow as tf
 
-    from icapnet.data.pipeline import Batching, make_dataset
+    from icapnet.data.pipeline import Batching, longest_caption, make_dataset
     from icapnet.model.precision import policy_name
     from icapnet.model.store import build_captioner
     from icapnet.model.training import config_from_cache
@@ -165,8 +165,12 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     model.optimizer.build(model.trainable_variables)
     keras.mixed_precision.set_global_policy("float32")
     model.make_train_function()
+    # As training does: XLA and static shapes pad every batch to one caption length.
+    fixed = t.jit_compile or t.static_shapes
     dataset = make_dataset(cache, "train", t.batch_size, shuffle=True, seed=args.seed,
                            repeat=True, shuffle_buffer=t.shuffle_buffer,
+                           drop_remainder=t.static_shapes,
+                           caption_length=longest_caption(cache, ("train",)) if fixed else None,
                            batching=Batching.from_config(t))
     iterator = iter(dataset)
     train_function = model.train_function

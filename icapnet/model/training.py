@@ -19,6 +19,9 @@ writes, not one atomic one; and CSVLogger appends a row for an epoch whose backu
 have been written (a crash in between gives a duplicated epoch). Each of those breaks "same
 weights and same history as an uninterrupted run", which is tested, so the run keeps its own
 checkpoint and only uses Keras for the loop, the plateau logic and TensorBoard.
+
+(Over 400 lines: the phases, the resume state, the multi-worker write folder and the
+dataset choice all read and change one ``_Run``; split apart they would pass it around.)
 """
 
 from __future__ import annotations
