@@ -148,7 +148,7 @@ class TrainConfig:
     # icapnet.model.precision picks "auto" by device.
     mixed_precision: str = field(default="off", metadata=_help(
         "compute in float16 or bfloat16 with float32 weights; auto: float16 on a GPU, "
-        "bfloat16 on a CPU with native bfloat16, else off"))
+        "bfloat16 on a TPU, off on a CPU (neither was faster there)"))
     jit_compile: bool = field(default=False, metadata=_help("compile the training step with "
                                                             "XLA"))
     # Rows of a batch sorted by length and decoded in this many sub-batches, each only up to
