@@ -4,7 +4,7 @@ Used by ``benchmarks/flickr8k_epoch.py`` (a Flickr8k-sized cache of random featu
 the Colab notebook (its real cache), so both print the same measurement. The epoch runs
 through :func:`icapnet.model.training.train` into a scratch folder; a callback records when
 every training batch ends, which separates the one-off cost of the first batches (tracing,
-XLA compiling: once per bucket shape) from the steady per-step time a long run pays.
+XLA compiling) from the steady per-step time a long run pays.
 """
 
 from __future__ import annotations
