@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from icapnet.inference.decoding import check_decoding
 
-    predictor = load_predictor(model_dir, args.feature_weights)
+    # The decode graph is traced in a thread while VGG16 loads and runs its first forward pass.
+    predictor = load_predictor(model_dir, args.feature_weights, trace_beam=args.beam)
     check_decoding(args.beam, args.max_length or predictor.max_length, len(predictor.vocab),
                    "--beam", "--max-length")
     single = len(paths) == 1 and not errors

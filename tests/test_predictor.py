@@ -164,3 +164,18 @@ def test_end_attention_and_beam_candidates(predictor: Predictor, sample_images: 
         assert scores == sorted(scores, reverse=True)
         assert len({c.caption for c in many.candidates}) == len(many.candidates)
     assert any(len(r.candidates) > 1 for r in ranked)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_decode_graph_traced_in_a_thread_gives_the_same_captions(
+    predictor: Predictor, tiny_model_dir: Path, sample_images: list[Path], beam: int
+) -> None:
+    """The cold-start path (caption CLI): the decode graph is traced while VGG16 loads."""
+    images = [load_image(p) for p in sample_images]
+    cold = Predictor.from_dir(tiny_model_dir, trace_beam=beam)
+    assert cold._tracing is not None  # started in from_dir ...
+    got = cold.caption_images(images, beam_size=beam)
+    assert cold._tracing is None  # ... and joined before the first decode
+    want = predictor.caption_images(images, beam_size=beam)
+    assert [r.caption for r in got] == [r.caption for r in want]
+    np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-5)

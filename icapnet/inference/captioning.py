@@ -72,7 +72,8 @@ def check_output_dir(path: Path, flag: str) -> Path:
     return path
 
 
-def load_predictor(model_dir: Path, feature_weights: str | None = None) -> Any:
+def load_predictor(model_dir: Path, feature_weights: str | None = None,
+                   trace_beam: int | None = None) -> Any:
     """``Predictor.from_dir``, reusing the previous one when the model files are unchanged."""
     from icapnet.inference.predictor import Predictor
 
@@ -80,7 +81,8 @@ def load_predictor(model_dir: Path, feature_weights: str | None = None) -> Any:
     key = (str(model_dir.resolve()), feature_weights, stamps)
     if key not in _LOADED:
         _LOADED.clear()
-        _LOADED[key] = Predictor.from_dir(model_dir, feature_weights=feature_weights)
+        _LOADED[key] = Predictor.from_dir(model_dir, feature_weights=feature_weights,
+                                          trace_beam=trace_beam)
     return _LOADED[key]
 
 

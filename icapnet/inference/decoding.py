@@ -460,6 +460,15 @@ def beam_candidates(
     )
 
 
+def trace(model: Any, beam_size: int) -> None:
+    """Trace the graph :func:`decode` will use for ``beam_size`` now, without running it.
+
+    A one-photo ``icapnet.caption`` does this in a thread while VGG16 loads and runs: tracing
+    is Python work and the forward pass is not, so the two overlap.
+    """
+    _compiled(model)["greedy" if int(beam_size) == 1 else "beam"].get_concrete_function()
+
+
 def decode(
     model: Any, features: Any, beam_size: int = 1, max_length: int = 40, length_penalty: float = 0.0
 ) -> DecodeResult:
@@ -482,4 +491,5 @@ __all__ = [
     "greedy_decode",
     "greedy_graph",
     "max_beam_size",
+    "trace",
 ]

@@ -123,15 +123,29 @@ class Predictor:
         self.image_size = int(config.features.image_size)
         self.batch_size = 16
         self._lock = threading.Lock()
+        self._tracing: threading.Thread | None = None
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, feature_weights: str | None = None) -> Predictor:
-        """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``)."""
+    def from_dir(cls, model_dir: str | Path, feature_weights: str | None = None,
+                 trace_beam: int | None = None) -> Predictor:
+        """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``).
+
+        ``trace_beam``: start tracing that beam's decode graph in a thread now, while the
+        backbone loads and runs (what a cold one-photo caption waits for); the first decode
+        waits for it.
+        """
         from icapnet.model.backbone import build_feature_extractor
         from icapnet.model.store import load_model_dir
 
         model_dir = fs.path(model_dir)
         model, vocab, config = load_model_dir(model_dir)
+        tracing = None
+        if trace_beam is not None:
+            from icapnet.inference.decoding import trace
+
+            tracing = threading.Thread(target=trace, args=(model, int(trace_beam)),
+                                       name="icapnet-trace", daemon=True)
+            tracing.start()
         if feature_weights is not None:
             config = dataclasses.replace(
                 config, features=dataclasses.replace(config.features, weights=str(feature_weights),
@@ -141,7 +155,15 @@ class Predictor:
             extractor = build_feature_extractor(config.features)
         except IcapnetError as err:
             raise IcapnetError(f"{model_dir}: {err}") from None
-        return cls(model, vocab, config, extractor, model_dir)
+        predictor = cls(model, vocab, config, extractor, model_dir)
+        predictor._tracing = tracing
+        return predictor
+
+    def _traced(self) -> None:
+        """Wait for the decode graph a background trace is building (see ``from_dir``)."""
+        if self._tracing is not None:
+            self._tracing.join()
+            self._tracing = None
 
     @property
     def max_length(self) -> int:
@@ -162,6 +184,7 @@ class Predictor:
     ) -> DecodeResult:
         """Decode region features [B, R, C] (e.g. from the cache) -> numpy DecodeResult."""
         length = self._check(beam_size, max_length)
+        self._traced()
         with self._lock:
             result = decode(self.model, np.asarray(features, np.float32), int(beam_size),
                             length, length_penalty)
@@ -182,6 +205,7 @@ class Predictor:
         """
         if int(num_candidates) > 1 and int(beam_size) > 1:
             length = self._check(beam_size, max_length)
+            self._traced()
             with self._lock:
                 found = beam_candidates(self.model, np.asarray(features, np.float32),
                                         int(beam_size), length, length_penalty,
