@@ -86,12 +86,22 @@ class _Plan:
     def rows_per_batch(self, batch_size: int) -> int:
         return max(1, batch_size // self.per_group)
 
-    def num_batches(self, batch_size: int, drop_remainder: bool) -> int:
+    def num_batches(self, batch_size: int, drop_remainder: bool, bucketed: bool) -> int:
+        """Batches of one epoch: each bucket is batched on its own (one bucket unless
+        ``bucketed``)."""
         rows = self.rows_per_batch(batch_size)
-        sizes = np.bincount(np.searchsorted(self.boundaries, self.lengths, side="right"),
-                            minlength=len(self.boundaries))
+        if bucketed:
+            sizes = np.bincount(np.searchsorted(self.boundaries, self.lengths, side="right"),
+                                minlength=len(self.boundaries))
+        else:
+            sizes = [len(self.lengths)]
         split = np.floor_divide if drop_remainder else lambda n, d: -(-n // d)
         return int(sum(split(int(n), rows) for n in sizes))
+
+
+def _bucketed(batching: Batching, caption_length: int | None) -> bool:
+    """Length buckets apply unless a fixed ``caption_length`` pads every batch anyway."""
+    return bool(batching.length_buckets) and caption_length is None
 
 
 def _plan(cache: FeatureCache, split: str, batching: Batching) -> _Plan:
@@ -201,7 +211,7 @@ class _Pairs:
         plan, rows = self.plan, self.plan.rows_per_batch(batch_size)
         padding = (tf.constant(0, tf.float16), tf.constant(0, tf.int32))
         shapes = (list(self.shape), [plan.per_group, caption_length])
-        if self.batching.length_buckets and caption_length is None:
+        if _bucketed(self.batching, caption_length):
             ds = ds.bucket_by_sequence_length(
                 lambda f, c: tf.shape(c)[1], plan.boundaries,
                 [rows] * (len(plan.boundaries) + 1), padded_shapes=shapes,
@@ -212,14 +222,6 @@ class _Pairs:
         if not self.batching.group_by_image:
             ds = ds.map(lambda f, c: (f, c[:, 0]), num_parallel_calls=AUTOTUNE)  # [B, T]
         return ds
-
-    def num_batches(self, batch_size: int, drop_remainder: bool,
-                    caption_length: int | None = None) -> int:
-        if self.batching.length_buckets and caption_length is None:
-            return self.plan.num_batches(batch_size, drop_remainder)
-        groups = len(self.plan.tokens)
-        rows = self.plan.rows_per_batch(batch_size)
-        return groups // rows if drop_remainder else math.ceil(groups / rows)
 
 
 def make_dataset(
@@ -278,7 +280,8 @@ def make_epochs_dataset(
     # handling when the global seed is 0 (it compares the pair with (0, 0) in Python).
     ds = concatenate([source.batch(source.stream(True, int(seed), reshuffle=False), batch_size,
                                    drop_remainder, caption_length) for seed in seeds])
-    steps = source.num_batches(batch_size, drop_remainder, caption_length)
+    steps = source.plan.num_batches(batch_size, drop_remainder,
+                                    _bucketed(source.batching, caption_length))
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(seeds)))
     return ds.prefetch(AUTOTUNE)
 
@@ -337,5 +340,6 @@ def steps_per_epoch(
     if not (batching.group_by_image or batching.length_buckets):
         pairs = count_pairs(cache_dir, split)
         return pairs // batch_size if drop_remainder else math.ceil(pairs / batch_size)
-    return _Pairs(cache_dir, split, None, batching).num_batches(batch_size, drop_remainder,
-                                                                caption_length)
+    # The plan alone (no lookup tables): the same counting make_epochs_dataset asserts.
+    plan = _plan(open_cache(cache_dir), split, batching)
+    return plan.num_batches(batch_size, drop_remainder, _bucketed(batching, caption_length))
