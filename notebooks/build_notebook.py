@@ -247,7 +247,7 @@ from icapnet.data.cache import open_cache
 from icapnet.data.images import load_image
 from icapnet.data.datasets import load_dataset
 from icapnet.inference.predictor import Predictor
-from icapnet.visualize import attention_figure
+from icapnet.plots import attention_figure
 
 predictor = Predictor.from_dir(MODEL_DIR)
 dataset = load_dataset(DATASET, DATA_DIR)
