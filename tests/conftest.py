@@ -205,3 +205,13 @@ def _fold_standardization(dense, mean: float, std: float) -> None:
     """
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel / std, bias - (mean / std) * kernel.sum(axis=0)])
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch) -> Path:
+    """An empty model cache (``ICAPNET_CACHE``) for packaged and downloaded models."""
+    from icapnet.model import hub
+
+    cache = tmp_path / "icapnet-cache"
+    monkeypatch.setenv(hub.CACHE_ENV, str(cache))
+    return cache / "models"

@@ -18,13 +18,6 @@ from icapnet.model.package import pack_model
 from icapnet.model.store import resolve_model
 
 
-@pytest.fixture
-def model_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "icapnet-cache"
-    monkeypatch.setenv(hub.CACHE_ENV, str(cache))
-    return cache / "models"
-
-
 @pytest.fixture(scope="module")
 def zip_bytes(tiny_model_dir, tmp_path_factory) -> bytes:
     return pack_model(tiny_model_dir, tmp_path_factory.mktemp("url") / "tiny.zip").path.read_bytes()

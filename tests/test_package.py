@@ -21,13 +21,6 @@ from icapnet.model.store import resolve_model
 CORE = {"config.json", "vocab.json", "model.weights.h5"}
 
 
-@pytest.fixture
-def model_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "icapnet-cache"
-    monkeypatch.setenv(hub.CACHE_ENV, str(cache))
-    return cache / "models"
-
-
 @pytest.fixture(scope="module")
 def evaluated_model(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model plus a metrics.json, as after evaluate."""
