@@ -20,8 +20,6 @@ from icapnet.errors import IcapnetError
 from icapnet.model.store import DEFAULT_MODELS_DIR
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
-# Flags that may be given bare: "--mixed-precision" alone means "auto" (pick by device).
-_BARE = {"mixed_precision": "auto"}
 
 
 def start(log_info: bool = False) -> None:
@@ -133,7 +131,8 @@ def add_config_flags(parser: argparse.ArgumentParser, section: type, title: str,
         if kind is None:
             raise TypeError(f"{section.__name__}.{field.name}: no CLI type for {field.type}")
         choices = CHOICES.get(field.name)
-        bare = {"nargs": "?", "const": _BARE[field.name]} if field.name in _BARE else {}
+        # A flag that may be given bare (field metadata "bare": the value it then means).
+        bare = {"nargs": "?", "const": field.metadata["bare"]} if "bare" in field.metadata else {}
         group.add_argument(flag(field.name), type=kind, default=default, choices=choices,
                            metavar=None if choices else field.name.upper(), help=shown, **bare)
 

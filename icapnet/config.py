@@ -51,9 +51,10 @@ CHOICES = {"decoder": DECODERS, "attention": ATTENTIONS, "init_state": INIT_STAT
 DEFAULT_BEAM = 3
 
 
-def _help(text: str) -> dict[str, str]:
-    """Field metadata: the sentence ``--help`` shows for the field's flag."""
-    return {"help": text}
+def _help(text: str, bare: str | None = None) -> dict[str, str]:
+    """Field metadata: the sentence ``--help`` shows for the field's flag, and the value the
+    flag means when given without one (``--mixed-precision`` alone: ``auto``)."""
+    return {"help": text} if bare is None else {"help": text, "bare": bare}
 
 # Bounds of decoding everywhere (CLIs, Predictor, web API, the exported graph): the decoder's
 # buffers grow with both, and a caption of 100 tokens is already far past any real one.
@@ -148,7 +149,7 @@ class TrainConfig:
     # icapnet.model.precision picks "auto" by device.
     mixed_precision: str = field(default="off", metadata=_help(
         "compute in float16 or bfloat16 with float32 weights; auto: float16 on a GPU, "
-        "bfloat16 on a TPU, off on a CPU (neither was faster there)"))
+        "bfloat16 on a TPU, off on a CPU (neither was faster there)", bare="auto"))
     jit_compile: bool = field(default=False, metadata=_help("compile the training step with "
                                                             "XLA"))
     # Rows of a batch sorted by length and decoded in this many sub-batches, each only up to
@@ -342,6 +343,8 @@ def load_config_file(directory_or_file: str | Path) -> tuple[Config, dict[str, A
     if unknown:
         raise IcapnetError(f"{path}: unknown section {unknown[0]!r} (expected "
                            f"{', '.join(_SECTION_TYPES)})")
+    if "train" in raw:  # old files, converted before their types are checked
+        raw = {**raw, "train": _migrate_train(raw["train"])}
     for name, section_cls in _SECTION_TYPES.items():
         _check_section(path, name, raw.get(name, {}), section_cls)
     fingerprints = raw.get(FINGERPRINTS) or {}
@@ -370,8 +373,6 @@ def _migrate_train(values: Any) -> Any:
 def _check_section(path: Path, name: str, values: Any, section_cls: type) -> None:
     if not isinstance(values, dict):
         raise IcapnetError(f"{path}: {name}: expected an object, got {type(values).__name__}")
-    if name == "train":
-        values = _migrate_train(values)
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     for key, value in values.items():
         if key not in fields:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from icapnet.config import Config
@@ -20,10 +22,13 @@ def test_settings_map_to_keras_policies():
         normalize_precision("float8")
 
 
-def test_old_boolean_configs_still_load():
+def test_old_boolean_configs_still_load(tmp_path):
     raw = Config().to_dict()
     raw["train"]["mixed_precision"] = True
     assert Config.from_dict(raw).train.mixed_precision == "float16"
+    # A config.json written then passes the type checks of the file loader too.
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert Config.load(tmp_path).train.mixed_precision == "float16"
     raw["train"]["mixed_precision"] = False
     assert Config.from_dict(raw).train.mixed_precision == "off"
 
