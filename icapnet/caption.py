@@ -82,12 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     cli.start()
-    from tqdm.auto import tqdm
+    with cli.gc_paused():
+        from tqdm.auto import tqdm
 
-    from icapnet.inference.decoding import check_decoding
+        from icapnet.inference.decoding import check_decoding
 
-    # The decode graph is traced in a thread while VGG16 loads and runs its first forward pass.
-    predictor = load_predictor(model_dir, args.feature_weights, trace_beam=args.beam)
+        # The decode graph is traced in a thread while the weights and VGG16 load.
+        predictor = load_predictor(model_dir, args.feature_weights, trace_beam=args.beam)
     check_decoding(args.beam, args.max_length or predictor.max_length, len(predictor.vocab),
                    "--beam", "--max-length")
     single = len(paths) == 1 and not errors
@@ -111,4 +112,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    cli.exit_without_final_collection(run_cli(main))

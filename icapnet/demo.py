@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="backbone input size for the feature cache (default: the backbone's, "
                    "224 for VGG16: 14x14 regions; 160 gives 10x10)")
+    p.add_argument("--layer", default=None,
+                   help="backbone layer the feature cache reads (default: the backbone's own, "
+                   "block5_conv3 for VGG16)")
     p.add_argument("--quiet", action="store_true", help="no training progress bar")
     cli.add_config_flags(p, ModelConfig, "model (as in train)",
                          skip=_FROM_CACHE | _OWN_MODEL_FLAGS, unset_default=True)
@@ -150,6 +153,8 @@ def _settings(args: argparse.Namespace, data_dir: Path, weights: str) -> dict[st
         settings["split"] = args.split
     if args.image_size:
         settings["image_size"] = args.image_size
+    if args.layer:
+        settings["layer"] = args.layer
     return settings
 
 
@@ -247,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_cfg = DataConfig(dataset=args.dataset, data_dir=str(data_dir), cache_dir=str(cache_dir))
     if not synthetic and args.num_images:
         dataset = limit_dataset(dataset, args.num_images)
-    build_cache(dataset, cache_dir, feature_config_for("vgg16", weights,
+    build_cache(dataset, cache_dir, feature_config_for("vgg16", weights, layer=args.layer,
                                                          image_size=args.image_size), data_cfg)
     cache = open_cache(cache_dir)
     print(describe_cache(cache, data_cfg))

@@ -84,3 +84,38 @@ def test_tf_cpp_min_log_level_below_2_keeps_everything():
     done = _run(f"os.write(2, {LINES})", TF_CPP_MIN_LOG_LEVEL="0")
     assert done.stdout == b"not installed\n"
     assert all(line in done.stderr for line in NATIVE_NOISE)
+
+
+def test_gc_paused_restores_the_collector_state():
+    """The caption CLI pauses garbage collection while TensorFlow and the models load; tests
+    (and anything else) calling it in-process get the collector back as it was."""
+    import gc
+
+    from icapnet.cli import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # was off before: stays off
+    finally:
+        gc.enable()
+
+
+def test_exit_without_final_collection_keeps_the_exit_code_and_freezes():
+    """Run in a child: freezing the pytest process would keep every later test's garbage."""
+    script = textwrap.dedent("""
+        import atexit, gc, sys
+        from icapnet.cli import exit_without_final_collection
+        atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0, flush=True))
+        print("output before exit", flush=True)
+        exit_without_final_collection(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 3
+    assert proc.stdout.split("\n")[:2] == ["output before exit", "frozen True"]

@@ -185,3 +185,16 @@ def test_demo_rejects_bad_flags(tmp_path):
     (tmp_path / "busy" / "file.txt").write_text("mine")
     with pytest.raises(IcapnetError, match="not a demo run folder"):
         demo.main(["--out", str(tmp_path / "busy"), *TINY])
+
+
+def test_demo_layer_flag_reaches_the_cache_and_its_stamp(tmp_path):
+    """--layer picks the backbone layer of the feature cache (as prepare's flag does): a layer
+    VGG16 lacks is refused by name, and the run folder's stamp records the layer, so a folder
+    made with another layer is not silently reused."""
+    out, model = tmp_path / "run", ["--model-dir", str(tmp_path / "model")]
+    with pytest.raises(IcapnetError, match="block9_conv9: no such layer in vgg16"):
+        demo.main(["--out", str(out), "--num-images", "12", "--layer", "block9_conv9",
+                   "--quiet", "--no-coco", *model])
+    assert json.loads((out / demo.STAMP_FILE).read_text())["layer"] == "block9_conv9"
+    with pytest.raises(IcapnetError, match="other settings"):
+        demo.main(["--out", str(out), "--num-images", "12", "--quiet", "--no-coco", *model])

@@ -16,6 +16,7 @@ import pytest
 from icapnet.data.images import load_image
 from icapnet.data.text import normalize_caption
 from icapnet.errors import IcapnetError
+from icapnet.inference.decoding import _compiled
 from icapnet.inference.predictor import CaptionResult, Predictor
 
 
@@ -176,6 +177,9 @@ def test_decode_graph_traced_in_a_thread_gives_the_same_captions(
     assert cold._tracing is not None  # started in from_dir ...
     got = cold.caption_images(images, beam_size=beam)
     assert cold._tracing is None  # ... and joined before the first decode
+    # the thread's graph is the one the caption ran (its warm-up run did not trace another)
+    used = _compiled(cold.model)["greedy" if beam == 1 else "beam"]
+    assert used.experimental_get_tracing_count() == 1
     want = predictor.caption_images(images, beam_size=beam)
     assert [r.caption for r in got] == [r.caption for r in want]
     np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-5)

@@ -130,22 +130,26 @@ class Predictor:
                  trace_beam: int | None = None) -> Predictor:
         """Load ``model_dir`` and the backbone recorded in its config (or ``feature_weights``).
 
-        ``trace_beam``: start tracing that beam's decode graph in a thread now, while the
-        backbone loads and runs (what a cold one-photo caption waits for); the first decode
-        waits for it.
+        ``trace_beam``: start tracing that beam's decode graph in a thread as soon as the
+        captioner's variables exist, while its weights and the backbone load and the backbone
+        runs (what a cold one-photo caption waits for); the first decode waits for it.
         """
         from icapnet.model.backbone import build_feature_extractor
         from icapnet.model.store import load_model_dir
 
         model_dir = fs.path(model_dir)
-        model, vocab, config = load_model_dir(model_dir)
-        tracing = None
-        if trace_beam is not None:
+        tracing: list[threading.Thread] = []
+
+        def start_tracing(model: Any) -> None:
             from icapnet.inference.decoding import trace
 
-            tracing = threading.Thread(target=trace, args=(model, int(trace_beam)),
-                                       name="icapnet-trace", daemon=True)
-            tracing.start()
+            thread = threading.Thread(target=trace, args=(model, int(trace_beam)),
+                                      name="icapnet-trace", daemon=True)
+            thread.start()
+            tracing.append(thread)
+
+        model, vocab, config = load_model_dir(
+            model_dir, on_built=None if trace_beam is None else start_tracing)
         if feature_weights is not None:
             config = dataclasses.replace(
                 config, features=dataclasses.replace(config.features, weights=str(feature_weights),
@@ -156,7 +160,7 @@ class Predictor:
         except IcapnetError as err:
             raise IcapnetError(f"{model_dir}: {err}") from None
         predictor = cls(model, vocab, config, extractor, model_dir)
-        predictor._tracing = tracing
+        predictor._tracing = tracing[0] if tracing else None
         return predictor
 
     def _traced(self) -> None:

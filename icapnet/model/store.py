@@ -14,6 +14,7 @@ Finding a model (``resolve_model``) only touches the file system, so a CLI can r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,8 +127,14 @@ def _load_config(model_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     return config, fingerprints
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config]:
-    """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError."""
+def load_model_dir(
+    model_dir: str | Path, on_built: Callable[[Captioner], Any] | None = None
+) -> tuple[Captioner, Vocabulary, Config]:
+    """-> (Captioner, Vocabulary, Config); any missing or broken file is an IcapnetError.
+
+    ``on_built(model)`` runs once the variables exist, before their values load: a cold
+    caption starts tracing the decode graph there (tracing needs the variables, not values).
+    """
     model_dir = fs.path(model_dir)
     config, fingerprints = _load_config(model_dir)
     vocab_path = model_dir / VOCAB_FILE
@@ -146,6 +153,8 @@ def load_model_dir(model_dir: str | Path) -> tuple[Captioner, Vocabulary, Config
         raise IcapnetError(f"{weights}: model weights not found")
     try:
         model = build_captioner(config)
+        if on_built is not None:
+            on_built(model)
         model.load_weights(str(weights))
     except IcapnetError:
         raise
