@@ -108,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(record["caption"], flush=True)
             else:
                 print(f"{record['path']}\t{record['caption']}", flush=True)
+    cli.skip_final_collection()  # everything is printed and written
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    cli.exit_without_final_collection(run_cli(main))
+    sys.exit(run_cli(main))

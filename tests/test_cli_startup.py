@@ -106,16 +106,27 @@ def test_gc_paused_restores_the_collector_state():
         gc.enable()
 
 
-def test_exit_without_final_collection_keeps_the_exit_code_and_freezes():
-    """Run in a child: freezing the pytest process would keep every later test's garbage."""
+def test_skip_final_collection_freezes_only_an_icapnet_command():
+    """A process that is an icapnet command freezes its objects before exiting (and keeps its
+    exit code); one that merely calls main(), like this test runner, is left alone."""
+    import gc
+
+    from icapnet.cli import skip_final_collection
+
+    frozen = gc.get_freeze_count()
+    skip_final_collection()
+    assert gc.get_freeze_count() == frozen
     script = textwrap.dedent("""
         import atexit, gc, sys
-        from icapnet.cli import exit_without_final_collection
+        sys.argv[0] = "{argv0}"
+        from icapnet.cli import skip_final_collection
         atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0, flush=True))
-        print("output before exit", flush=True)
-        exit_without_final_collection(3)
+        skip_final_collection()
+        sys.exit(3)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 3
-    assert proc.stdout.split("\n")[:2] == ["output before exit", "frozen True"]
+    for argv0, frozen_at_exit in (("/usr/local/bin/icapnet", True), ("-c", False)):
+        proc = subprocess.run([sys.executable, "-c", script.format(argv0=argv0)],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 3
+        assert proc.stdout.strip() == f"frozen {frozen_at_exit}"

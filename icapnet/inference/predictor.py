@@ -138,15 +138,15 @@ class Predictor:
         from icapnet.model.store import load_model_dir
 
         model_dir = fs.path(model_dir)
-        tracing: list[threading.Thread] = []
+        tracing: threading.Thread | None = None
 
         def start_tracing(model: Any) -> None:
             from icapnet.inference.decoding import trace
 
-            thread = threading.Thread(target=trace, args=(model, int(trace_beam)),
-                                      name="icapnet-trace", daemon=True)
-            thread.start()
-            tracing.append(thread)
+            nonlocal tracing
+            tracing = threading.Thread(target=trace, args=(model, int(trace_beam)),
+                                       name="icapnet-trace", daemon=True)
+            tracing.start()
 
         model, vocab, config = load_model_dir(
             model_dir, on_built=None if trace_beam is None else start_tracing)
@@ -160,7 +160,7 @@ class Predictor:
         except IcapnetError as err:
             raise IcapnetError(f"{model_dir}: {err}") from None
         predictor = cls(model, vocab, config, extractor, model_dir)
-        predictor._tracing = tracing[0] if tracing else None
+        predictor._tracing = tracing
         return predictor
 
     def _traced(self) -> None:
