@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 
+def prepare_args(data: Path, out: Path, image_size: int, shard_size: int) -> list[str]:
+    """``prepare`` flags for a small synthetic cache (random weights, min count 1)."""
+    return ["--dataset", "synthetic", "--data-dir", str(data), "--out", str(out), "--weights",
+            "none", "--image-size", str(image_size), "--min-count", "1", "--shard-size",
+            str(shard_size), "--quiet"]
+
+
 def flip_byte(path: Path, offset: int | None = None) -> None:
     """Invert one byte (default: the middle of the file, inside a record's features)."""
     data = bytearray(path.read_bytes())

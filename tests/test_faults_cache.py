@@ -18,6 +18,7 @@ from fault_tools import (
     error_line,
     flip_byte,
     keep_records,
+    prepare_args,
     temp_of,
     with_value,
 )
@@ -25,13 +26,10 @@ from fault_tools import (
 from icapnet import evaluate, prepare, train
 from icapnet.errors import IcapnetError, run_cli
 
-# The tiny model's features (conftest): VGG16, random weights, 112 px -> 7x7 regions.
-FLAGS = ["--weights", "none", "--image-size", "112", "--min-count", "1", "--shard-size", "4",
-         "--quiet"]
-
 
 def _prepare_args(data: Path, out: Path) -> list[str]:
-    return ["--dataset", "synthetic", "--data-dir", str(data), "--out", str(out), *FLAGS]
+    # The tiny model's features (conftest): VGG16, random weights, 112 px -> 7x7 regions.
+    return prepare_args(data, out, image_size=112, shard_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import tensorflow as tf
-from fault_tools import dead_pid, error_line, temp_of
+from fault_tools import dead_pid, error_line, prepare_args, temp_of
 
 from icapnet import export, prepare, train
 from icapnet.errors import run_cli
@@ -32,8 +32,7 @@ FULL = "disk full (no space left on device); nothing was written there, free som
 
 
 def _prepare_args(data: Path, out: Path) -> list[str]:
-    return ["--dataset", "synthetic", "--data-dir", str(data), "--out", str(out), "--weights",
-            "none", "--image-size", "32", "--min-count", "1", "--shard-size", "2", "--quiet"]
+    return prepare_args(data, out, image_size=32, shard_size=2)
 
 
 @pytest.fixture(scope="module")

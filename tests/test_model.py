@@ -294,22 +294,30 @@ def test_variable_caption_lengths_do_not_retrace():
     assert len(traces) == first <= 2
 
 
-def test_mixed_precision_train_step_keeps_logits_and_loss_float32():
+@pytest.mark.parametrize("policy, cell, loss_scaled, feature_dtype", [
+    ("mixed_float16", "lstm", True, tf.float32),  # float16's narrow range needs loss scaling
+    ("mixed_bfloat16", "gru", False, tf.float16),  # the cache's float16 features, as trained
+])
+def test_mixed_precision_trains_with_float32_logits_loss_and_masters(
+    policy, cell, loss_scaled, feature_dtype
+):
     features, captions = padded_batch()
+    compute = policy.removeprefix("mixed_")
     try:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        model = Captioner(tiny_config(decoder="lstm"))
+        keras.mixed_precision.set_global_policy(policy)
+        model = Captioner(tiny_config(decoder=cell))
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        assert model.decoder.cell.compute_dtype == "float16"
-        logits, alphas = model((features, captions[:, :-1]))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
+        assert model.decoder.compute_dtype == compute
+        assert model.decoder.cell.compute_dtype == compute
+        logits, alphas = model((tf.cast(features, feature_dtype), captions[:, :-1]))
         assert logits.dtype == tf.float32 and alphas.dtype == tf.float32
         before = [w.copy() for w in model.get_weights()]
         logs = model.train_on_batch(features, captions, return_dict=True)
         assert np.isfinite(logs["loss"])
-        changed = [not np.array_equal(a, b)
-                   for a, b in zip(before, model.get_weights(), strict=True)]
-        assert any(changed)
+        assert any(not np.array_equal(a, b)
+                   for a, b in zip(before, model.get_weights(), strict=True))
+        assert all(w.dtype == np.float32 for w in model.get_weights())  # float32 masters
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -411,26 +419,6 @@ def test_jit_compiled_train_step_runs_on_cpu_with_two_caption_lengths():
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-4)
     for a, b in zip(results[True][1], results[False][1], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
-
-
-def test_bfloat16_policy_trains_with_float32_logits():
-    features, captions = padded_batch()
-    try:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        model = Captioner(tiny_config(decoder="gru"))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        assert model.decoder.compute_dtype == "bfloat16"
-        logits, alphas = model((tf.cast(features, tf.float16), captions[:, :-1]))
-        assert logits.dtype == tf.float32 and alphas.dtype == tf.float32
-        before = [w.copy() for w in model.get_weights()]
-        logs = model.train_on_batch(features, captions, return_dict=True)
-        assert np.isfinite(logs["loss"])
-        assert any(not np.array_equal(a, b)
-                   for a, b in zip(before, model.get_weights(), strict=True))
-        assert all(w.dtype == np.float32 for w in model.get_weights())  # float32 masters
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
