@@ -24,8 +24,11 @@ from icapnet.model.store import build_captioner
 VOCAB, REGIONS, CHANNELS = 14, 9, 8
 
 
-def _model(seed: int, decoder: str = "gru", vocab: int = VOCAB):
-    """A tiny random captioner; its output layer is scaled so argmax is rarely a near-tie."""
+def _model(seed: int, decoder: str = "gru", vocab: int = VOCAB, word_query: bool = False):
+    """A tiny random captioner; its output layer is scaled so argmax is rarely a near-tie.
+
+    The cases below (seeds, biases) were chosen for these random weights: word_query, which
+    adds variables, is off except where asked for."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -38,6 +41,7 @@ def _model(seed: int, decoder: str = "gru", vocab: int = VOCAB):
         num_regions=REGIONS,
         feature_dim=CHANNELS,
         decoder=decoder,
+        word_query=word_query,
     )
     model = build_captioner(Config(model=cfg))
     kernel, bias = model.decoder.fc2.get_weights()
@@ -66,6 +70,11 @@ def gru():
 @pytest.fixture(scope="module")
 def lstm():
     return _model(1, decoder="lstm")
+
+
+@pytest.fixture(scope="module")
+def gru_word_query():
+    return _model(2, word_query=True)
 
 
 def _features(seed: int, batch: int = 6) -> np.ndarray:
@@ -136,7 +145,17 @@ def test_greedy_equals_eager_argmax_reference(gru, end_bias: float) -> None:
         np.testing.assert_allclose(result.scores[i], score, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("which", ["gru", "lstm"])
+def test_greedy_with_word_query_equals_eager_reference(gru_word_query) -> None:
+    """The compiled loop feeds the word just read to the attention query as decode_step does."""
+    feats = _features(5, batch=6)
+    result = greedy_decode(gru_word_query, feats, 7).to_numpy()
+    for i, (tokens, alphas, score) in enumerate(_eager_greedy(gru_word_query, feats, 7)):
+        np.testing.assert_array_equal(result.tokens[i, : len(tokens)], tokens)
+        np.testing.assert_allclose(result.attention[i, : len(tokens)], alphas, atol=1e-5)
+        np.testing.assert_allclose(result.scores[i], score, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["gru", "lstm", "gru_word_query"])
 def test_beam_size_one_equals_greedy(which: str, request: pytest.FixtureRequest) -> None:
     model = request.getfixturevalue(which)
     for end_bias in (0.0, 0.3, -1.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -101,12 +102,13 @@ def test_initial_state_zeros_or_from_mean_region(cell):
         Decoder(30, init_state="learned")
 
 
-@pytest.mark.parametrize("cell,init,deep,gate", [
-    ("gru", "zeros", True, False), ("lstm", "zeros", False, True),
-    ("gru", "mean", False, True), ("lstm", "mean", True, False)])
-def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init, deep, gate):
+@pytest.mark.parametrize("cell,init,deep,gate,word", [
+    ("gru", "zeros", True, False, True), ("lstm", "zeros", False, True, False),
+    ("gru", "mean", False, True, False), ("lstm", "mean", True, False, True)])
+def test_teacher_forcing_matches_step_by_step_and_keys_computed_once(cell, init, deep, gate,
+                                                                     word):
     model = Captioner(tiny_config(decoder=cell, init_state=init, deep_output=deep,
-                                  state_dropout=0.3, context_gate=gate))
+                                  state_dropout=0.3, context_gate=gate, word_query=word))
     features, captions = padded_batch()
     inputs = captions[:, :-1]
 
@@ -145,6 +147,27 @@ def test_context_gate_scales_the_context_by_a_learned_sigmoid():
     np.testing.assert_allclose(model(inputs)[0].numpy(), model(other)[0].numpy(), atol=1e-5)
     gate.bias.assign(np.zeros(gate.bias.shape, "float32"))  # half open: the image matters
     assert np.abs(model(inputs)[0].numpy() - model(other)[0].numpy()).max() > 1e-4
+
+
+def test_word_query_lets_the_word_just_read_steer_attention():
+    features, _ = padded_batch()
+    plain = Captioner(tiny_config(init_state="zeros", word_query=False))
+    model = Captioner(tiny_config(init_state="zeros", word_query=True))
+    assert plain.decoder.word_query is None
+    encoded = model.encode(features)
+    keys = model.precompute_keys(encoded)
+    state = model.initial_state(encoded)  # zeros: the same state whatever the word
+    one, two = (np.full((features.shape[0],), t, "int32") for t in (5, 6))
+    alpha_one = model.decode_step(one, state, encoded, keys)[2].numpy()
+    alpha_two = model.decode_step(two, state, encoded, keys)[2].numpy()
+    assert np.abs(alpha_one - alpha_two).max() > 1e-4  # the word moved attention
+    encoded = plain.encode(features)
+    keys, state = plain.precompute_keys(encoded), plain.initial_state(encoded)
+    np.testing.assert_allclose(plain.decode_step(one, state, encoded, keys)[2].numpy(),
+                               plain.decode_step(two, state, encoded, keys)[2].numpy())
+    # its kernel is saved and restored with the model (a serialisable decoder argument)
+    assert model.decoder.get_config()["word_query"] is True
+    assert model.decoder.word_query.kernel.shape == (16, model.decoder.attention_units)
 
 
 def test_deep_output_and_state_dropout():
@@ -347,6 +370,25 @@ def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
     assert names == {"config.json", "vocab.json", "model.weights.h5"}
     loaded, loaded_vocab, loaded_config = load_model_dir(out)
     assert loaded_vocab == vocab and loaded_config.model == model.model_config
+    np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
+
+
+def test_model_dirs_saved_before_word_query_load_with_it_off(tmp_path):
+    """Their config.json has no ``word_query`` key and their weights no word_query kernel:
+    the new default (on) would build a variable the file does not hold."""
+    features, captions = padded_batch()
+    inputs = (features, captions[:, :-1])
+    assert ModelConfig().word_query  # the default this guards against
+    model = Captioner(tiny_config(word_query=False))
+    model(inputs)
+    vocab = Vocabulary(list(Vocabulary.SPECIALS) + [f"w{i}" for i in range(16)])
+    config = Config(model=model.model_config, features=FeatureConfig(num_regions=R, feature_dim=F))
+    out = save_model_dir(tmp_path / "old", model, vocab, config)
+    raw = json.loads((out / "config.json").read_text())
+    del raw["model"]["word_query"]
+    (out / "config.json").write_text(json.dumps(raw))
+    loaded, _, loaded_config = load_model_dir(out)
+    assert loaded_config.model.word_query is False and loaded.decoder.word_query is None
     np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
 
 

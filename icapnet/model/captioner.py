@@ -92,6 +92,7 @@ class Captioner(PrebuiltModel, keras.Model):
             deep_output=config.deep_output,
             state_dropout=config.state_dropout,
             context_gate=config.context_gate,
+            word_query=config.word_query,
             name="decoder",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")

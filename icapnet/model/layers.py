@@ -71,14 +71,19 @@ class BahdanauAttention(keras.layers.Layer):
         """[B, R, E] -> [B, R, A]: the hidden-independent half of the score."""
         return self.W1(features)
 
-    def call(self, features, keys, hidden, group: int = 1):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None):
         """Returns ``(context [B, E], alpha [B, R] float32)`` for query ``hidden`` [B, H].
 
         ``features`` / ``keys`` hold one row per IMAGE ([B / group, R, ...]) and ``hidden``
         one row per caption, ``group`` consecutive captions per image: the captions of an
         image share its keys by broadcasting, so nothing of size [B, R, E] is copied.
+        ``word_query`` [B, A], when given, is added to ``W2·hidden`` (the decoder's
+        projection of the word just read).
         """
-        query = tf.reshape(self.W2(hidden), [-1, group, 1, self.units])  # [G, K, 1, A]
+        query = self.W2(hidden)
+        if word_query is not None:
+            query = query + tf.cast(word_query, query.dtype)
+        query = tf.reshape(query, [-1, group, 1, self.units])  # [G, K, 1, A]
         score = self.V(tf.tanh(tf.expand_dims(keys, 1) + query))  # [G, K, R, 1]
         # Softmax in float32: under mixed precision 196-way float16 softmax loses mass.
         alpha = tf.nn.softmax(tf.cast(tf.squeeze(score, -1), tf.float32), axis=-1)  # [G, K, R]
@@ -104,7 +109,7 @@ class MeanAttention(keras.layers.Layer):
     def precompute_keys(self, features):
         return features
 
-    def call(self, features, keys, hidden, group: int = 1):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None):
         regions = tf.shape(features)[1]
         alpha = tf.fill(tf.stack([tf.shape(hidden)[0], regions]),
                         1.0 / tf.cast(regions, tf.float32))
@@ -124,6 +129,9 @@ class Decoder(keras.layers.Layer):
     attention somewhere arbitrary, which sharpens the maps on the words that name things.
     ``state_dropout`` drops units of the state carried between steps (training only), so a
     word is cheaper to read from the image at the step that writes it than to memorise.
+    ``word_query`` adds a projection of the word just read to the attention query, so
+    attention at the step after "yellow" can go to the yellow thing; the state alone learns
+    which word was read only after the step that reads it (attention comes first).
     ``init_state="zeros"`` starts every caption from a zero state (the ICapNet / TensorFlow
     tutorial recipe): the image then reaches the decoder only through attention, which is
     what makes the attention maps point at the thing being named. ``"mean"`` derives the
@@ -145,6 +153,7 @@ class Decoder(keras.layers.Layer):
         deep_output: bool = False,
         state_dropout: float = 0.0,
         context_gate: bool = False,
+        word_query: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,6 +176,7 @@ class Decoder(keras.layers.Layer):
         self.deep_output = bool(deep_output)
         self.state_dropout_rate = float(state_dropout)
         self.context_gate = bool(context_gate)
+        self.use_word_query = bool(word_query)
 
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embedding_dim,
                                                 name="embedding")
@@ -187,6 +197,9 @@ class Decoder(keras.layers.Layer):
                               if self.state_dropout_rate > 0 else None)
         self.gate = (keras.layers.Dense(self.embedding_dim, activation="sigmoid", name="gate")
                      if self.context_gate and attention == "bahdanau" else None)
+        self.word_query = (keras.layers.Dense(self.attention_units, use_bias=False,
+                                              name="word_query")
+                           if self.use_word_query and attention == "bahdanau" else None)
         self.fc1 = keras.layers.Dense(self.units, name="fc1")
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
         # float32 logits even under a mixed policy: softmax / CE need the range.
@@ -206,6 +219,8 @@ class Decoder(keras.layers.Layer):
                 dense.build((None, context_dim))
         if self.gate is not None:
             self.gate.build((None, self.units))
+        if self.word_query is not None:
+            self.word_query.build((None, self.embedding_dim))
         self.fc1.build((None, self.units + (context_dim if self.deep_output else 0)))
         self.fc2.build((None, self.units))
 
@@ -273,18 +288,20 @@ class Decoder(keras.layers.Layer):
 
     # -- per-step pieces ----------------------------------------------------------------
     def _recurrent_step(self, word_proj, state, encoded, keys, weights, training=False,
-                        group: int = 1):
+                        group: int = 1, word_query=None):
         """One step before the output projection: -> (projection input, state, alpha).
 
         ``word_proj`` is this step's :meth:`_word_projection`. The projection input is the
         cell output [B, U], or with ``deep_output`` the cell output next to this step's
         context [B, U + E]. ``encoded`` / ``keys`` have one row per image, ``group``
-        captions (rows of ``state``) per image.
+        captions (rows of ``state``) per image. ``word_query`` is this step's projection of
+        the word read (with ``word_query`` on), else None.
         """
         if self.state_dropout is not None:
             state = self.state_dropout(state, training=training)
         hidden = state[:, : self.units]
-        context, alpha = self.attention(encoded, keys, hidden, group=group)
+        context, alpha = self.attention(encoded, keys, hidden, group=group,
+                                        word_query=word_query)
         if self.gate is not None:
             context = context * tf.cast(self.gate(hidden), context.dtype)
         context_kernel = weights[0]
@@ -301,9 +318,11 @@ class Decoder(keras.layers.Layer):
     def step(self, tokens, state, encoded, keys, training=False):
         """Decode one token per caption: -> (logits [B, V] float32, state [B, S], alpha [B, R])."""
         weights = self._cell_weights(encoded.shape[-1])
-        word_proj = self._word_projection(self.embedding(tokens), weights)
+        words = self.embedding(tokens)
+        word_proj = self._word_projection(words, weights)
+        query = self.word_query(words) if self.word_query is not None else None
         out, state, alpha = self._recurrent_step(word_proj, state, encoded, keys, weights,
-                                                 training)
+                                                 training, word_query=query)
         return self.project(out, training), state, alpha
 
     # -- teacher forcing ----------------------------------------------------------------
@@ -323,20 +342,28 @@ class Decoder(keras.layers.Layer):
         if group > 1:
             state = tf.repeat(state, group, axis=0)
         weights = self._cell_weights(encoded.shape[-1])
-        word_proj = self._word_projection(self.embedding(tokens), weights)  # [B, T, gates*U]
+        words = self.embedding(tokens)
+        word_proj = self._word_projection(words, weights)  # [B, T, gates*U]
         word_proj = tf.transpose(word_proj, [1, 0, 2])  # [T, B, gates*U]
         steps = tokens.shape[1] if tokens.shape[1] is not None else tf.shape(tokens)[1]
         words_ta = tf.TensorArray(word_proj.dtype, size=steps).unstack(word_proj)
+        # The word half of the attention query, like the cell's, in one matmul for all
+        # steps; without word_query the loop carries no extra array.
+        queries_ta = ([tf.TensorArray(encoded.dtype, size=steps).unstack(
+            tf.transpose(self.word_query(words), [1, 0, 2]))]
+            if self.word_query is not None else [])
         outs_ta = tf.TensorArray(encoded.dtype, size=steps)
         alphas_ta = tf.TensorArray(tf.float32, size=steps)
 
-        def body(t, state, words_ta, outs_ta, alphas_ta):
+        def body(t, state, words_ta, outs_ta, alphas_ta, *queries_ta):
+            query = queries_ta[0].read(t) if queries_ta else None
             out, state, alpha = self._recurrent_step(words_ta.read(t), state, encoded, keys,
-                                                     weights, training, group)
-            return t + 1, state, words_ta, outs_ta.write(t, out), alphas_ta.write(t, alpha)
+                                                     weights, training, group, query)
+            return (t + 1, state, words_ta, outs_ta.write(t, out), alphas_ta.write(t, alpha),
+                    *queries_ta)
 
-        loop_vars = (tf.constant(0), state, words_ta, outs_ta, alphas_ta)
-        _, _, _, outs_ta, alphas_ta = tf.while_loop(
+        loop_vars = (tf.constant(0), state, words_ta, outs_ta, alphas_ta, *queries_ta)
+        _, _, _, outs_ta, alphas_ta, *_ = tf.while_loop(
             lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps  # XLA needs it
         )
         outputs = tf.transpose(outs_ta.stack(), [1, 0, 2])  # [B, T, U]
@@ -358,4 +385,5 @@ class Decoder(keras.layers.Layer):
             "deep_output": self.deep_output,
             "state_dropout": self.state_dropout_rate,
             "context_gate": self.context_gate,
+            "word_query": self.use_word_query,
         }
