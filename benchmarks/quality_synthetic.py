@@ -1,9 +1,9 @@
 """Caption quality on synthetic scenes: BLEU-1..4 and attention localisation (not a timed test).
 
 Trains the DEFAULT model configuration (icapnet/config.py: VGG16 block5_conv3 with random
-He-normal weights, embedding 256, GRU 512, Bahdanau attention 256 queried by the state and
-the word just read, dropout 0.2, state dropout 0.3, Adam 4e-4, batch 64) on N generated
-scenes and scores the held-out test scenes, for greedy decoding and beam search:
+He-normal weights, embedding 256, GRU 512, Bahdanau attention 256, dropout 0.2, state
+dropout 0.3, Adam 4e-4, batch 64) on N generated scenes and scores the held-out test scenes,
+for greedy decoding and beam search:
 
 * BLEU-1..4 (nltk corpus BLEU against the five references of each scene), and
 * attention-in-box: each time the decoder writes a shape word ("circle", "square",

@@ -116,12 +116,11 @@ class ModelConfig:
         "dropout rate on the recurrent state carried between steps (training only)"))
     context_gate: bool = field(default=False, metadata=_help(
         "gate the attention context with a sigmoid of the state (SAT's beta)"))
-    # The word just read, projected, added to the attention query (W2·h + W3·word). On
-    # benchmarks/quality_synthetic.py (three seeds, 14 epochs, greedy) shape-word precision
-    # rose on every seed (0.80/0.70/0.79 -> 0.84/0.81/0.81) and attention-in-box at the shape
-    # word on average (0.45 -> 0.54); BLEU-4 0.861 -> 0.846 (seed 0 0.875 -> 0.823). Saved
-    # models from before it was offered load with it off (see Config.from_dict).
-    word_query: bool = field(default=True, metadata=_help(
+    # The word just read, projected, added to the attention query (W2·h + W3·word). Off: on
+    # benchmarks/quality_synthetic.py (800 scenes, three seeds) it raised shape-word precision
+    # on every seed (0.80/0.70/0.79 -> 0.84/0.81/0.81), but at the demo's size (400 scenes, two
+    # seeds) attention-in-box at the shape word fell from 0.58/0.49 to 0.37/0.22.
+    word_query: bool = field(default=False, metadata=_help(
         "add the word just read to the attention query (attention then knows the adjective "
         "before the noun)"))
     init_state: str = field(default="mean", metadata=_help(
@@ -285,8 +284,6 @@ class Config:
                 raise ValueError(f"config section '{name}' has unknown keys: {sorted(unknown)}")
             if name == "features" and values and "random_init" not in values:
                 values = {**values, "random_init": LEGACY_RANDOM_BACKBONE}
-            if name == "model" and values and "word_query" not in values:
-                values = {**values, "word_query": False}  # saved before it was offered
             if name == "train":
                 values = _migrate_train(values)
             kwargs[name] = section_cls(**values)

@@ -25,10 +25,7 @@ VOCAB, REGIONS, CHANNELS = 14, 9, 8
 
 
 def _model(seed: int, decoder: str = "gru", vocab: int = VOCAB, word_query: bool = False):
-    """A tiny random captioner; its output layer is scaled so argmax is rarely a near-tie.
-
-    The cases below (seeds, biases) were chosen for these random weights: word_query, which
-    adds variables, is off except where asked for."""
+    """A tiny random captioner; its output layer is scaled so argmax is rarely a near-tie."""
     import keras
 
     keras.utils.set_random_seed(seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -370,25 +369,6 @@ def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
     assert names == {"config.json", "vocab.json", "model.weights.h5"}
     loaded, loaded_vocab, loaded_config = load_model_dir(out)
     assert loaded_vocab == vocab and loaded_config.model == model.model_config
-    np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
-
-
-def test_model_dirs_saved_before_word_query_load_with_it_off(tmp_path):
-    """Their config.json has no ``word_query`` key and their weights no word_query kernel:
-    the new default (on) would build a variable the file does not hold."""
-    features, captions = padded_batch()
-    inputs = (features, captions[:, :-1])
-    assert ModelConfig().word_query  # the default this guards against
-    model = Captioner(tiny_config(word_query=False))
-    model(inputs)
-    vocab = Vocabulary(list(Vocabulary.SPECIALS) + [f"w{i}" for i in range(16)])
-    config = Config(model=model.model_config, features=FeatureConfig(num_regions=R, feature_dim=F))
-    out = save_model_dir(tmp_path / "old", model, vocab, config)
-    raw = json.loads((out / "config.json").read_text())
-    del raw["model"]["word_query"]
-    (out / "config.json").write_text(json.dumps(raw))
-    loaded, _, loaded_config = load_model_dir(out)
-    assert loaded_config.model.word_query is False and loaded.decoder.word_query is None
     np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
 
 
