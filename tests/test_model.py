@@ -394,10 +394,11 @@ def _grouped_batch():
     return features, captions, flat_features, flat_captions
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_grouped_step_matches_the_per_caption_step(cell):
+@pytest.mark.parametrize("cell,word", [("gru", False), ("lstm", False), ("gru", True)])
+def test_grouped_step_matches_the_per_caption_step(cell, word):
     """K captions sharing one encoder pass give the same loss and gradients as K copies."""
-    model = Captioner(tiny_config(decoder=cell, init_state="mean"), attention_penalty=0.5)
+    model = Captioner(tiny_config(decoder=cell, init_state="mean", word_query=word),
+                      attention_penalty=0.5)
     features, captions, flat_features, flat_captions = _grouped_batch()
 
     def loss_and_grads(f, c):
