@@ -150,23 +150,24 @@ def test_context_gate_scales_the_context_by_a_learned_sigmoid():
 
 def test_word_query_lets_the_word_just_read_steer_attention():
     features, _ = padded_batch()
+    one, two = (np.full((features.shape[0],), t, "int32") for t in (5, 6))
+
+    def alphas_after(model):
+        """Attention maps for two different words read from the same (zero) state."""
+        encoded = model.encode(features)
+        keys, state = model.precompute_keys(encoded), model.initial_state(encoded)
+        return [model.decode_step(w, state, encoded, keys)[2].numpy() for w in (one, two)]
+
     plain = Captioner(tiny_config(init_state="zeros", word_query=False))
     model = Captioner(tiny_config(init_state="zeros", word_query=True))
     assert plain.decoder.word_query is None
-    encoded = model.encode(features)
-    keys = model.precompute_keys(encoded)
-    state = model.initial_state(encoded)  # zeros: the same state whatever the word
-    one, two = (np.full((features.shape[0],), t, "int32") for t in (5, 6))
-    alpha_one = model.decode_step(one, state, encoded, keys)[2].numpy()
-    alpha_two = model.decode_step(two, state, encoded, keys)[2].numpy()
+    alpha_one, alpha_two = alphas_after(model)
     assert np.abs(alpha_one - alpha_two).max() > 1e-4  # the word moved attention
-    encoded = plain.encode(features)
-    keys, state = plain.precompute_keys(encoded), plain.initial_state(encoded)
-    np.testing.assert_allclose(plain.decode_step(one, state, encoded, keys)[2].numpy(),
-                               plain.decode_step(two, state, encoded, keys)[2].numpy())
-    # its kernel is saved and restored with the model (a serialisable decoder argument)
-    assert model.decoder.get_config()["word_query"] is True
+    np.testing.assert_allclose(*alphas_after(plain))  # the state alone: the same map
     assert model.decoder.word_query.kernel.shape == (16, model.decoder.attention_units)
+    # a serialisable decoder argument: a decoder rebuilt from its config has the layer too
+    assert model.decoder.get_config()["word_query"] is True
+    assert Decoder.from_config(model.decoder.get_config()).word_query is not None
 
 
 def test_deep_output_and_state_dropout():
