@@ -8,7 +8,8 @@ weighted by the fraction of each cell its box covers (the benchmark's attention-
 weighting, ``icapnet.inference.localisation.box_coverage``), and a softmax regression predicts
 circle / square / triangle. Trained on the objects of the first 80 % of the scenes (and of
 the first 40 %, for a learning curve), scored on the rest. Reported: held-out accuracy, best of
-three L2 strengths.
+three L2 strengths, for that readout and for two narrower ones: the one cell the box covers
+most (what a map fixed on one cell of the object reads) and the 3x3 cells around it.
 
 A decoder that looks at an object as well as its box can still do better than a linear read
 of the pooled features, but far above this ceiling would be surprising: it says how much of a
@@ -49,6 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+READOUTS = {
+    "box": "box-pooled (cells weighted by the box's coverage)",
+    "cell": "one cell (the one the box covers most), what a map fixed on one cell reads",
+    "cell3x3": "the 3x3 cells around that one, averaged",
+}
+
+
+def _probe_accuracy(keras, x, y, chosen, test, l2: float) -> float:
+    keras.utils.set_random_seed(0)
+    probe = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(
+        len(SHAPES), kernel_regularizer=keras.regularizers.l2(l2))])
+    probe.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    probe.fit(x[chosen], y[chosen], epochs=200, batch_size=len(x), verbose=0)
+    return float(probe.evaluate(x[test], y[test], verbose=0)[1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     boxes_path = args.data / "boxes.json"
@@ -65,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     boxes = json.loads(boxes_path.read_text())
     names = sorted(boxes)[: args.num_images]
     extractor = build_feature_extractor(feature_config_for("vgg16", args.weights, args.layer))
-    rows, labels, scene = [], [], []
+    readouts = {"box": [], "cell": [], "cell3x3": []}
+    labels, scene = [], []
     for start in tqdm(range(0, len(names), 32), desc="features", unit="batch"):
         batch = names[start:start + 32]
         images = [load_image(args.data / "Images" / n) for n in batch]
@@ -74,33 +94,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, (name, image) in enumerate(zip(batch, images, strict=True)):
             height, width = image.shape[:2]
             for obj in boxes[name]:
-                cover = box_coverage(obj["box"], width, height, grid).reshape(-1)
-                rows.append(feats[i].T @ cover / cover.sum())
+                cover = box_coverage(obj["box"], width, height, grid)
+                readouts["box"].append(feats[i].T @ cover.reshape(-1) / cover.sum())
+                row, col = np.unravel_index(int(np.argmax(cover)), cover.shape)
+                cells = feats[i].reshape(grid, grid, -1)
+                readouts["cell"].append(cells[row, col])
+                readouts["cell3x3"].append(cells[max(row - 1, 0):row + 2,
+                                                 max(col - 1, 0):col + 2].mean((0, 1)))
                 labels.append(SHAPES.index(obj["shape"]))
                 scene.append(start + i)
-    x, y, scene = np.asarray(rows, np.float32), np.asarray(labels), np.asarray(scene)
+    y, scene = np.asarray(labels), np.asarray(scene)
     split = int(0.8 * len(names))
     train, test = scene < split, scene >= split
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
-    result = {}
-    for share in (0.5, 1.0):
-        chosen = train & (scene < share * split)
-        best = 0.0
-        for l2 in (1e-3, 1e-2, 1e-1):
-            keras.utils.set_random_seed(0)
-            probe = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(
-                len(SHAPES), kernel_regularizer=keras.regularizers.l2(l2))])
-            probe.compile(keras.optimizers.Adam(1e-2),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"])
-            probe.fit(x[chosen], y[chosen], epochs=200, batch_size=len(x), verbose=0)
-            best = max(best, float(probe.evaluate(x[test], y[test], verbose=0)[1]))
-        result[share] = (int(chosen.sum()), best)
     print(f"\n{args.layer} ({args.weights} weights), {len(names)} scenes, {int(test.sum())} "
-          "held-out objects: linear shape probe on box-pooled features")
-    for share, (count, acc) in result.items():
-        print(f"  trained on {count:5d} objects ({share:.0%} of the training scenes): "
-              f"held-out accuracy {acc:.3f}")
+          "held-out objects: linear shape probe")
+    for readout, rows in readouts.items():
+        x = np.asarray(rows, np.float32)
+        x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+        print(f"  {READOUTS[readout]}")
+        for share in (0.5, 1.0):
+            chosen = train & (scene < share * split)
+            best = max(_probe_accuracy(keras, x, y, chosen, test, l2) for l2 in (1e-3, 1e-2, 1e-1))
+            print(f"    trained on {int(chosen.sum()):5d} objects ({share:.0%} of the training "
+                  f"scenes): held-out accuracy {best:.3f}")
     return 0
 
 
