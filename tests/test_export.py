@@ -122,7 +122,8 @@ def test_export_of_an_lstm_no_attention_model(
 ) -> None:
     """The packed LSTM state [h; c] (initialised from the mean region) and the uniform
     (mean-pooled) attention go through the exported graph as through the Python decoders:
-    same captions, scores and maps. (The round trip above covers GRU + Bahdanau.)"""
+    same captions, scores and maps, and so do the feature normalisation's moving statistics.
+    (The round trip above covers GRU + Bahdanau.)"""
     import keras
     import tensorflow as tf
 
@@ -145,6 +146,9 @@ def test_export_of_an_lstm_no_attention_model(
     kernel, bias = model.decoder.fc2.get_weights()  # peaked logits: no near-ties to flip
     bias[Vocabulary.end_id] -= 3.0  # and captions of a few words, not just <end>
     model.decoder.fc2.set_weights([kernel * 4.0, bias])
+    rng = np.random.default_rng(3)  # feature_norm (the default) with statistics to carry
+    model.encoder.norm.moving_mean.assign(rng.normal(size=10).astype(np.float32))
+    model.encoder.norm.moving_variance.assign(rng.uniform(0.5, 2.0, size=10).astype(np.float32))
     model_dir = save_model_dir(tmp_path / "model", model, vocab, config)
     export_dir = export_saved_model(model_dir, tmp_path / "export")
 

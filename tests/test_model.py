@@ -373,6 +373,76 @@ def test_keras_serialisation_and_model_dir_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
 
 
+def test_feature_norm_standardises_each_channel_and_saves_its_statistics(tmp_path):
+    """Training: every backbone channel reaches the Dense layer standardised whatever its
+    scale and offset. Inference: the moving statistics, which a model folder keeps."""
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(6, R, F)).astype(np.float32)
+    scale = np.geomspace(0.5, 20.0, F).astype(np.float32)
+    offset = np.linspace(-5.0, 5.0, F).astype(np.float32)
+    normed = CNNEncoder(8, dropout=0.0, feature_norm=True)
+    np.testing.assert_allclose(normed(features * scale + offset, training=True).numpy(),
+                               normed(features, training=True).numpy(), rtol=1e-2, atol=1e-2)
+    plain = CNNEncoder(8, dropout=0.0)
+    assert not np.allclose(plain(features * scale + offset).numpy(), plain(features).numpy(),
+                           rtol=1e-2, atol=1e-2)
+
+    model = Captioner(tiny_config(feature_norm=True))
+    norm = model.encoder.norm
+    norm.moving_mean.assign(rng.normal(size=F).astype(np.float32))
+    norm.moving_variance.assign(rng.uniform(0.5, 4.0, size=F).astype(np.float32))
+    inputs = (tf.constant(features), padded_batch()[1][:1, :-1].numpy().repeat(6, 0))
+    vocab = Vocabulary(list(Vocabulary.SPECIALS) + [f"w{i}" for i in range(16)])
+    config = Config(model=model.model_config, features=FeatureConfig(num_regions=R, feature_dim=F))
+    loaded, _, loaded_config = load_model_dir(save_model_dir(tmp_path / "m", model, vocab, config))
+    assert loaded_config.model.feature_norm
+    np.testing.assert_array_equal(loaded.encoder.norm.moving_variance.numpy(),
+                                  norm.moving_variance.numpy())
+    np.testing.assert_allclose(loaded(inputs)[0].numpy(), model(inputs)[0].numpy(), atol=1e-6)
+
+
+def test_folded_feature_norm_equals_batch_normalization_then_dense():
+    """The encoder folds the normalisation into its Dense layer: same outputs, moving
+    statistics and gradients as Keras' BatchNormalization followed by that Dense layer."""
+    rng = np.random.default_rng(5)
+    features = tf.constant((rng.normal(size=(4, R, F)) * np.geomspace(0.1, 10, F) + 2.0)
+                           .astype(np.float16))  # float16, as the cache stores them
+    encoder = CNNEncoder(8, dropout=0.0, feature_norm=True)
+    encoder.build(features.shape)
+    norm, dense = encoder.norm, encoder.dense
+    norm.gamma.assign(rng.uniform(0.5, 2.0, F).astype(np.float32))
+    norm.beta.assign(rng.normal(size=F).astype(np.float32))
+    reference = keras.layers.BatchNormalization()
+    reference.build(features.shape)
+    reference.set_weights(norm.get_weights())
+    variables = [norm.gamma, norm.beta, dense.kernel, dense.bias]
+    for training in (True, False):
+        with tf.GradientTape(persistent=True) as tape:
+            ours = encoder(features, training=training)
+            theirs = dense(reference(features, training=training))
+            weights = tf.constant(rng.normal(size=ours.shape).astype(np.float32))
+            loss_ours, loss_theirs = (tf.reduce_sum(y * weights) for y in (ours, theirs))
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4)
+        grads = tape.gradient(loss_ours, variables)
+        reference_grads = tape.gradient(loss_theirs, [reference.gamma, reference.beta,
+                                                      dense.kernel, dense.bias])
+        for g, r, v in zip(grads, reference_grads, variables, strict=True):
+            np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-3, atol=1e-3, err_msg=v.path)
+        np.testing.assert_allclose(norm.moving_mean.numpy(), reference.moving_mean.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(norm.moving_variance.numpy(),
+                                   reference.moving_variance.numpy(), rtol=1e-4)
+    assert not np.allclose(norm.moving_mean.numpy(), 0.0)  # the training call moved them
+
+
+def test_feature_norm_is_on_by_default_and_off_for_configs_saved_before_it():
+    assert ModelConfig().feature_norm
+    old = Config().to_dict()
+    del old["model"]["feature_norm"]
+    assert not Config.from_dict(old).model.feature_norm
+    assert Config.from_dict({}).model.feature_norm  # no model section: today's defaults
+
+
 def test_load_model_dir_errors_name_the_path(tmp_path):
     with pytest.raises(IcapnetError, match="nowhere"):
         load_model_dir(tmp_path / "nowhere")

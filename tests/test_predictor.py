@@ -139,6 +139,23 @@ def test_model_made_with_an_older_random_backbone_is_refused(
         [np.zeros((32, 32, 3), np.uint8)])[0].caption
 
 
+def test_model_saved_before_feature_norm_loads_without_it(
+    tiny_model_dir: Path, tmp_path: Path, sample_images: list[Path]
+) -> None:
+    """A config.json without model.feature_norm (written before it existed) describes weights
+    without the normalisation layer: it loads with it off and captions as before."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    raw = json.loads((old / "config.json").read_text())
+    assert raw["model"].pop("feature_norm") is False
+    (old / "config.json").write_text(json.dumps(raw))
+    images = [load_image(p) for p in sample_images[:2]]
+    then, now = Predictor.from_dir(old), Predictor.from_dir(tiny_model_dir)
+    assert not then.model.model_config.feature_norm
+    assert ([r.caption for r in then.caption_images(images)]
+            == [r.caption for r in now.caption_images(images)])
+
+
 def test_end_attention_and_beam_candidates(predictor: Predictor, sample_images: list[Path]) -> None:
     """The <end> step's map comes along; asking for candidates does not change the caption."""
     from icapnet.inference.decoding import END_ID

@@ -50,8 +50,11 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_explicit_flags_beat_the_preset_which_beats_the_defaults():
     config = train.config_from_args(_args(), dataset="flickr8k")
     assert config.train.preset == "sat" and config.model.dropout == 0.5
+    assert config.model.feature_norm is False  # SAT's code: the features as they come
     config = train.config_from_args(_args("--dropout", "0.1", "--optimizer", "adam",
-                                          "--no-context-gate"), dataset="flickr8k")
+                                          "--no-context-gate", "--feature-norm"),
+                                    dataset="flickr8k")
+    assert config.model.feature_norm is True
     assert config.train.preset == "sat"
     assert config.model.dropout == 0.1 and config.train.optimizer == "adam"
     assert config.model.context_gate is False

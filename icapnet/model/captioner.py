@@ -79,7 +79,8 @@ class Captioner(PrebuiltModel, keras.Model):
         self.attention_penalty = float(attention_penalty)
         self.clip_norm = float(clip_norm)
         self.sub_batches = int(sub_batches)  # see teacher_forcing; TrainConfig.sub_batches
-        self.encoder = CNNEncoder(config.embedding_dim, config.dropout, name="encoder")
+        self.encoder = CNNEncoder(config.embedding_dim, config.dropout,
+                                  feature_norm=config.feature_norm, name="encoder")
         self.decoder = Decoder(
             vocab_size=config.vocab_size,
             embedding_dim=config.embedding_dim,

@@ -19,28 +19,68 @@ PACKAGE = "icapnet"
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CNNEncoder(keras.layers.Layer):
-    """Projects backbone region features [B, R, F] to the decoder's width [B, R, E]."""
+    """Projects backbone region features [B, R, F] to the decoder's width [B, R, E].
 
-    def __init__(self, embedding_dim: int, dropout: float = 0.5, **kwargs) -> None:
+    ``feature_norm`` standardises each backbone channel (batch normalisation over all the
+    regions of a batch) before the Dense layer. VGG16's channels differ ~20x in spread and
+    carry large constant offsets; with Adam a weight on a quiet channel moves the encoding
+    ~20x less per step, so what only quiet channels encode (an object's shape) is learned
+    last. Standardised, the decoder learned the synthetic scenes in half the epochs.
+
+    The normalisation is folded into the Dense layer's kernel and bias (per-channel scale and
+    shift commute with the matmul), so no normalised copy of the [B, R, F] features is made
+    and the backward pass needs no gradient with respect to them: a separate
+    ``BatchNormalization`` layer cost ~10 % of a training step. Its variables (gamma, beta,
+    moving mean and variance) are those of the ``norm`` BatchNormalization layer, which is
+    built, never called, so saved weights have the usual layout.
+    """
+
+    def __init__(self, embedding_dim: int, dropout: float = 0.5, feature_norm: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.dropout_rate = float(dropout)
+        self.feature_norm = bool(feature_norm)
+        self.norm = (keras.layers.BatchNormalization(name="norm") if self.feature_norm
+                     else None)
         self.dense = keras.layers.Dense(self.embedding_dim, activation="relu", name="fc")
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
 
     def build(self, input_shape) -> None:
+        if self.norm is not None:
+            self.norm.build(input_shape)
         self.dense.build(input_shape)
         self.built = True
 
     def call(self, features, training=False):
-        return self.dropout(self.dense(features), training=training)
+        if self.norm is None:
+            return self.dropout(self.dense(features), training=training)
+        return self.dropout(self._normalised_dense(features, training), training=training)
+
+    def _normalised_dense(self, features, training):
+        """``relu(Dense(BatchNormalization(features)))``, the normalisation folded into Dense."""
+        norm, dense = self.norm, self.dense
+        if training:  # statistics in float32, as Keras' BatchNormalization computes them
+            axes = list(range(features.shape.rank - 1))  # all but the channels
+            mean, variance = tf.nn.moments(tf.cast(features, tf.float32), axes=axes)
+            for moving, batch in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
+                moving.assign(moving * norm.momentum + batch * (1.0 - norm.momentum))
+        else:
+            mean, variance = norm.moving_mean, norm.moving_variance
+        scale = norm.gamma * tf.math.rsqrt(variance + norm.epsilon)  # [F]
+        kernel = dense.kernel * scale[:, None]  # [F, E]
+        bias = dense.bias + tf.linalg.matvec(dense.kernel, norm.beta - mean * scale,
+                                             transpose_a=True)
+        dtype = self.compute_dtype
+        out = tf.tensordot(tf.cast(features, dtype), tf.cast(kernel, dtype), 1)
+        return tf.nn.relu(out + tf.cast(bias, dtype))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.embedding_dim)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
-                "dropout": self.dropout_rate}
+                "dropout": self.dropout_rate, "feature_norm": self.feature_norm}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
