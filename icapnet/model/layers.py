@@ -61,16 +61,18 @@ class CNNEncoder(keras.layers.Layer):
         """``relu(Dense(BatchNormalization(features)))``, the normalisation folded into Dense."""
         norm, dense = self.norm, self.dense
         if training:  # statistics in float32, as Keras' BatchNormalization computes them
-            axes = list(range(features.shape.rank - 1))  # all but the channels
-            mean, variance = tf.nn.moments(tf.cast(features, tf.float32), axes=axes)
+            mean, variance = _channel_moments(tf.cast(features, tf.float32))
             for moving, batch in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
                 moving.assign(moving * norm.momentum + batch * (1.0 - norm.momentum))
         else:
             mean, variance = norm.moving_mean, norm.moving_variance
-        scale = norm.gamma * tf.math.rsqrt(variance + norm.epsilon)  # [F]
-        kernel = dense.kernel * scale[:, None]  # [F, E]
-        bias = dense.bias + tf.linalg.matvec(dense.kernel, norm.beta - mean * scale,
-                                             transpose_a=True)
+        # Folded in float32: under a mixed policy the Dense variables read as float16 here.
+        w, b = (tf.cast(v, tf.float32) for v in (dense.kernel, dense.bias))
+        scale = tf.cast(norm.gamma, tf.float32) * tf.math.rsqrt(
+            tf.cast(variance, tf.float32) + norm.epsilon)  # [F]
+        shift = tf.cast(norm.beta, tf.float32) - tf.cast(mean, tf.float32) * scale
+        kernel = w * scale[:, None]  # [F, E]
+        bias = b + tf.linalg.matvec(w, shift, transpose_a=True)
         dtype = self.compute_dtype
         out = tf.tensordot(tf.cast(features, dtype), tf.cast(kernel, dtype), 1)
         return tf.nn.relu(out + tf.cast(bias, dtype))
@@ -81,6 +83,22 @@ class CNNEncoder(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
                 "dropout": self.dropout_rate, "feature_norm": self.feature_norm}
+
+
+def _channel_moments(x):
+    """Per-channel mean and variance of ``x`` over every axis but the last, over the GLOBAL
+    batch: under a distribution strategy each replica's sums are all-reduced first, so two
+    replicas normalise (and train) exactly as one device with the whole batch."""
+    axes = list(range(x.shape.rank - 1))
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return tf.nn.moments(x, axes=axes)
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    total, squares = tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes)
+    count, total, squares = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                                               [count, total, squares])
+    mean = total / tf.maximum(count, 1.0)
+    return mean, tf.maximum(squares / tf.maximum(count, 1.0) - tf.square(mean), 0.0)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
