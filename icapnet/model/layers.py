@@ -66,11 +66,12 @@ class CNNEncoder(keras.layers.Layer):
                 moving.assign(moving * norm.momentum + batch * (1.0 - norm.momentum))
         else:
             mean, variance = norm.moving_mean, norm.moving_variance
-        # Folded in float32: under a mixed policy the Dense variables read as float16 here.
-        w, b = (tf.cast(v, tf.float32) for v in (dense.kernel, dense.bias))
-        scale = tf.cast(norm.gamma, tf.float32) * tf.math.rsqrt(
-            tf.cast(variance, tf.float32) + norm.epsilon)  # [F]
-        shift = tf.cast(norm.beta, tf.float32) - tf.cast(mean, tf.float32) * scale
+        # Folded in float32: under a mixed policy the Dense variables and gamma / beta read as
+        # float16 here (the statistics are float32: computed so, or stored without autocast).
+        w, b, gamma, beta = (tf.cast(v, tf.float32)
+                             for v in (dense.kernel, dense.bias, norm.gamma, norm.beta))
+        scale = gamma * tf.math.rsqrt(variance + norm.epsilon)  # [F]
+        shift = beta - mean * scale
         kernel = w * scale[:, None]  # [F, E]
         bias = b + tf.linalg.matvec(w, shift, transpose_a=True)
         dtype = self.compute_dtype
