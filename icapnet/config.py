@@ -173,13 +173,17 @@ class TrainConfig:
     sub_batches: int = field(default=2, metadata=_help(
         "decode each batch in this many length-sorted sub-batches (same loss, less padding)"))
     # Batches of whole images (the K captions of an image share one encoder pass and one
-    # W1·features): ~10 % less CPU per caption, but 5x fewer images per step; on the quality
-    # benchmark it learned slower per epoch (in-box 0.61 -> 0.44 at 14 epochs). Off.
+    # W1·features): 1.1-1.15x captions/s, but 5x fewer images per step. On the quality
+    # benchmark it learned slower per epoch before feature_norm (in-box 0.61 -> 0.44 at 14
+    # epochs); with it BLEU-4 and in-box hold, but shape-word precision (three seeds pooled)
+    # went 0.865 -> 0.837. Off.
     group_by_image: bool = field(default=False, metadata=_help(
         "batches of whole images: the captions of an image share one encoder pass"))
     # Batch captions of similar length together (0: random batches, padded to their own
     # longest). 6 buckets: 1.7x captions/s, but length-homogeneous batches learned much
-    # slower on the quality benchmark (even 2 buckets did; in-box 0.61 -> 0.23). Off.
+    # slower on the quality benchmark (even 2 buckets did; in-box 0.61 -> 0.23). With
+    # feature_norm attention is fine (in-box 0.84), but there a batch of one length is a
+    # batch of one object count, and the captions miscount (BLEU-4 0.86 -> 0.80). Off.
     length_buckets: int = field(default=0, metadata=_help(
         "batch captions of similar length together in this many buckets (0 = off)"))
     # Pad every batch to one caption length (the longest in train/val) and drop the last
