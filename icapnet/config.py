@@ -173,7 +173,7 @@ class TrainConfig:
     sub_batches: int = field(default=2, metadata=_help(
         "decode each batch in this many length-sorted sub-batches (same loss, less padding)"))
     # Batches of whole images (the K captions of an image share one encoder pass and one
-    # W1·features): 1.1-1.15x captions/s, but 5x fewer images per step. On the quality
+    # W1·features): 1.1-1.3x captions/s, but 5x fewer images per step. On the quality
     # benchmark it learned slower per epoch before feature_norm (in-box 0.61 -> 0.44 at 14
     # epochs); with it BLEU-4 and in-box hold, but shape-word precision (three seeds pooled)
     # went 0.865 -> 0.837. Off.
