@@ -165,11 +165,10 @@ def precision_interval(localisation: dict, z: float = 1.96) -> list[float] | Non
     """Wilson score interval (95 %) of :func:`shape_precision`: the binomial sampling noise
     of a share measured on one run's ~130 shape words, which seeds and options must beat
     before a difference means anything."""
-    named, unmatched = localisation.get("shape_words"), localisation.get("unmatched_shape_words")
-    if named is None or unmatched is None or named + unmatched == 0:
+    p = shape_precision(localisation)
+    if p is None:
         return None
-    n = named + unmatched
-    p = named / n
+    n = localisation["shape_words"] + localisation["unmatched_shape_words"]
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(centre - half, 4), round(centre + half, 4)]

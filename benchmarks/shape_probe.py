@@ -93,11 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = math.isqrt(feats.shape[1])
         for i, (name, image) in enumerate(zip(batch, images, strict=True)):
             height, width = image.shape[:2]
+            cells = feats[i].reshape(grid, grid, -1)
             for obj in boxes[name]:
                 cover = box_coverage(obj["box"], width, height, grid)
                 readouts["box"].append(feats[i].T @ cover.reshape(-1) / cover.sum())
                 row, col = np.unravel_index(int(np.argmax(cover)), cover.shape)
-                cells = feats[i].reshape(grid, grid, -1)
                 readouts["cell"].append(cells[row, col])
                 readouts["cell3x3"].append(cells[max(row - 1, 0):row + 2,
                                                  max(col - 1, 0):col + 2].mean((0, 1)))

@@ -76,7 +76,7 @@ class CNNEncoder(keras.layers.Layer):
         bias = b + tf.linalg.matvec(w, shift, transpose_a=True)
         dtype = self.compute_dtype
         out = tf.tensordot(tf.cast(features, dtype), tf.cast(kernel, dtype), 1)
-        return tf.nn.relu(out + tf.cast(bias, dtype))
+        return dense.activation(out + tf.cast(bias, dtype))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.embedding_dim)
