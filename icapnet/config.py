@@ -169,7 +169,8 @@ class TrainConfig:
                                                             "XLA"))
     # Rows of a batch sorted by length and decoded in this many sub-batches, each only up to
     # its own longest caption: the same batch, loss and gradients with less padding work
-    # (2: 1.12x captions/s on CPU; 4 and 8 no better). See benchmarks/README.md.
+    # (2: 1.12x captions/s on CPU; 4 and 8 no better, nor batch-wide length phases). See
+    # benchmarks/README.md.
     sub_batches: int = field(default=2, metadata=_help(
         "decode each batch in this many length-sorted sub-batches (same loss, less padding)"))
     # Batches of whole images (the K captions of an image share one encoder pass and one
