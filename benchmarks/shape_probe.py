@@ -22,6 +22,7 @@ cannot be downloaded) rather than to the captioner.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default="block5_conv3", help="VGG16 layer (default block5_conv3)")
     p.add_argument("--weights", default="none", help="backbone weights (default none)")
     p.add_argument("--num-images", type=int, default=800, help="scenes to use (default 800)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="backbone compute dtype (default auto, as the feature cache)")
     return p
 
 
@@ -83,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     boxes = json.loads(boxes_path.read_text())
     names = sorted(boxes)[: args.num_images]
-    extractor = build_feature_extractor(feature_config_for("vgg16", args.weights, args.layer))
+    config = dataclasses.replace(feature_config_for("vgg16", args.weights, args.layer),
+                                 precision=args.precision)
+    extractor = build_feature_extractor(config)
     readouts = {"box": [], "cell": [], "cell3x3": []}
     labels, scene = [], []
     for start in tqdm(range(0, len(names), 32), desc="features", unit="batch"):
@@ -106,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     y, scene = np.asarray(labels), np.asarray(scene)
     split = int(0.8 * len(names))
     train, test = scene < split, scene >= split
-    print(f"\n{args.layer} ({args.weights} weights), {len(names)} scenes, {int(test.sum())} "
-          "held-out objects: linear shape probe")
+    print(f"\n{args.layer} ({args.weights} weights, {args.precision}), {len(names)} scenes, "
+          f"{int(test.sum())} held-out objects: linear shape probe")
     for readout, rows in readouts.items():
         x = np.asarray(rows, np.float32)
         x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
