@@ -15,6 +15,7 @@ generalisation: a decoder that names the shapes of the scenes it was trained on 
 new ones has memorised, not learned to read.
 
     python benchmarks/shape_errors.py runs/quality_synthetic [more runs...] [--json out.json]
+    python benchmarks/shape_errors.py runs/demo        # after python -m icapnet.demo
 """
 
 from __future__ import annotations
@@ -104,13 +105,28 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def model_dir(run: Path) -> Path:
+    """The run's model: OUT/model for the benchmark, the summary's ``outputs.model`` for the
+    demo (``saved_models/demo``, relative to where the demo ran, the repository root)."""
+    if (run / "model").is_dir():
+        return run / "model"
+    summary = run / "summary.json"
+    if summary.is_file():
+        model = Path(json.loads(summary.read_text()).get("outputs", {}).get("model", ""))
+        if str(model) and model.is_dir():
+            return model
+    raise IcapnetError(f"{run}: no model/ and no summary.json naming a model folder (not a "
+                       "finished quality_synthetic.py or icapnet.demo run, or run from "
+                       "another folder than the demo)")
+
+
 def _decode_rows(run: Path, split: str) -> list[dict[str, Any]]:
     from PIL import Image
 
     from icapnet.inference.evaluation import decode_split
     from icapnet.inference.predictor import Predictor
 
-    predictor = Predictor.from_dir(run / "model", feature_weights="none")
+    predictor = Predictor.from_dir(model_dir(run), feature_weights="none")
     boxes = json.loads((run / "cache" / "boxes.json").read_text())
     rows = []
     for image_id, result in decode_split(predictor.model, predictor.vocab, run / "cache", split,
@@ -124,7 +140,7 @@ def _decode_rows(run: Path, split: str) -> list[dict[str, Any]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path,
-                   help="quality_synthetic.py output folders (OUT, with model/, cache/, data/)")
+                   help="quality_synthetic.py output folders (OUT), or the demo's (runs/demo)")
     p.add_argument("--splits", nargs="+", default=["test", "train"],
                    help="splits to decode (default: test train)")
     p.add_argument("--json", type=Path, help="also write the summaries here")
@@ -134,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for run in args.runs:
-        for part in ("model", "cache/boxes.json", "data/Images"):
+        model_dir(run)
+        for part in ("cache/boxes.json", "data/Images"):
             if not (run / part).exists():
-                raise IcapnetError(f"{run}: no {part} (not a finished quality_synthetic.py run)")
+                raise IcapnetError(f"{run}: no {part} (not a finished quality_synthetic.py "
+                                   "or icapnet.demo run on synthetic scenes)")
     report: dict[str, Any] = {}
     for split in args.splits:
         pooled: list[dict[str, Any]] = []

@@ -51,3 +51,19 @@ def test_a_swap_is_told_from_a_phrase_that_describes_nothing():
     assert summary["swaps_looking_at_described_object"] == 1
     assert summary["swapped"] == [("circle -> square", 1)]
     assert summary["error_rate_by_position"] == {1: 1.0, 2: 0.0, 3: 1.0}
+
+
+def test_the_model_is_found_for_the_benchmark_and_the_demo_and_a_stray_folder_is_named(
+        tmp_path, monkeypatch):
+    bench = tmp_path / "bench"
+    (bench / "model").mkdir(parents=True)
+    assert shape_errors.model_dir(bench) == bench / "model"
+    # the demo writes its model to saved_models/demo, named in runs/demo/summary.json
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "saved_models" / "demo").mkdir(parents=True)
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "summary.json").write_text('{"outputs": {"model": "saved_models/demo"}}')
+    assert shape_errors.model_dir(demo) == Path("saved_models/demo")
+    with pytest.raises(shape_errors.IcapnetError, match="stray: no model/"):
+        shape_errors.model_dir(tmp_path / "stray")
