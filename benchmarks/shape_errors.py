@@ -38,11 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from icapnet.data.synthetic import COLORS, SHAPES, SIZES  # noqa: E402
+from icapnet.data.synthetic import SHAPES  # noqa: E402
 from icapnet.errors import IcapnetError, run_cli  # noqa: E402
-from icapnet.inference.localisation import box_coverage  # noqa: E402
-
-WINDOW = 3  # adjectives among the words before a shape word, as the benchmark reads them
+from icapnet.inference.localisation import box_coverage, described_objects  # noqa: E402
 
 
 def shape_word_rows(words: Sequence[str], attention: np.ndarray,
@@ -51,9 +49,10 @@ def shape_word_rows(words: Sequence[str], attention: np.ndarray,
     """One record per shape word of a caption.
 
     ``right``: an object of that shape has the adjectives written before it (the benchmark's
-    match). ``described``: the shapes of the objects those adjectives fit, whatever their
-    shape (empty: the phrase describes no object). ``share_described``: that step's attention
-    mass on the described objects' boxes (merged), None when there are none.
+    match, :func:`~icapnet.inference.localisation.described_objects`). ``described``: the
+    shapes of the objects those adjectives fit, whatever their shape (empty: the phrase
+    describes no object). ``share_described``: that step's attention mass on the described
+    objects' boxes (merged), None when there are none.
     """
     att = np.asarray(attention, np.float32).reshape(len(attention), -1)
     grid = math.isqrt(att.shape[1])
@@ -61,10 +60,7 @@ def shape_word_rows(words: Sequence[str], attention: np.ndarray,
     for t, word in enumerate(words[: len(att)]):
         if word not in SHAPES:
             continue
-        before = set(words[max(0, t - WINDOW):t])
-        described = [o for o in objects
-                     if all(a == o["color"] for a in before & set(COLORS))
-                     and all(a == o["size"] for a in before & set(SIZES))]
+        described = described_objects(words, t, objects)
         share = None
         if described:
             cover = np.max([box_coverage(o["box"], *image_size, grid=grid) for o in described],

@@ -38,6 +38,19 @@ def box_coverage(box: Sequence[float], width: int, height: int, grid: int = 14) 
     return (oy[:, None] * ox[None, :]).astype(np.float32)
 
 
+def described_objects(words: Sequence[str], t: int, objects: Sequence[Mapping[str, Any]],
+                      window: int = 3) -> list[Mapping[str, Any]]:
+    """The objects whose colour and size agree with the adjectives among the ``window``
+    words before ``words[t]``, whatever their shape: what the phrase ending at ``t``
+    describes (the object a shape word names is the one of them with that shape)."""
+    colours = _COLOUR_WORDS | {str(o["color"]) for o in objects}
+    sizes = _SIZE_WORDS | {str(o["size"]) for o in objects}
+    before = set(words[max(0, t - window) : t])
+    return [o for o in objects
+            if all(a == o["color"] for a in before & colours)
+            and all(a == o["size"] for a in before & sizes)]
+
+
 def attention_in_box(
     words: Sequence[str],
     attention: np.ndarray,
@@ -61,8 +74,7 @@ def attention_in_box(
     """
     att = np.asarray(attention, dtype=np.float32).reshape(len(attention), -1)
     grid = math.isqrt(att.shape[1])
-    shapes = {str(o["shape"]) for o in objects}
-    known_shapes = shapes | _SHAPE_WORDS
+    known_shapes = _SHAPE_WORDS | {str(o["shape"]) for o in objects}
     colours = _COLOUR_WORDS | {str(o["color"]) for o in objects}
     sizes = _SIZE_WORDS | {str(o["size"]) for o in objects}
     shares: list[float] = []
@@ -70,13 +82,7 @@ def attention_in_box(
     for t, word in enumerate(words[: len(att)]):
         if word not in known_shapes:
             continue
-        before = set(words[max(0, t - window) : t])
-        found = [
-            o for o in objects
-            if o["shape"] == word
-            and all(a == o["color"] for a in before & colours)
-            and all(a == o["size"] for a in before & sizes)
-        ]
+        found = [o for o in described_objects(words, t, objects, window) if o["shape"] == word]
         if not found:
             unmatched += 1
             continue
@@ -139,4 +145,4 @@ class LocalisationTally:
         }
 
 
-__all__ = ["LocalisationTally", "attention_in_box", "box_coverage"]
+__all__ = ["LocalisationTally", "attention_in_box", "box_coverage", "described_objects"]
