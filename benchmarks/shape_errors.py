@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from icapnet.data.synthetic import SHAPES  # noqa: E402
 from icapnet.errors import IcapnetError, run_cli  # noqa: E402
-from icapnet.inference.localisation import box_coverage, described_objects  # noqa: E402
+from icapnet.inference.localisation import described_objects, merged_box_coverage  # noqa: E402
 
 
 def shape_word_rows(words: Sequence[str], attention: np.ndarray,
@@ -63,8 +63,7 @@ def shape_word_rows(words: Sequence[str], attention: np.ndarray,
         described = described_objects(words, t, objects)
         share = None
         if described:
-            cover = np.max([box_coverage(o["box"], *image_size, grid=grid) for o in described],
-                           axis=0)
+            cover = merged_box_coverage(described, image_size, grid)
             share = float(np.sum(att[t] * cover.reshape(-1)))
         rows.append({"word": word, "position": len(rows),
                      "right": any(o["shape"] == word for o in described),
@@ -116,7 +115,8 @@ def model_dir(run: Path) -> Path:
                        "another folder than the demo)")
 
 
-def _decode_rows(run: Path, split: str) -> list[dict[str, Any]]:
+def _decode_rows(run: Path, splits: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Split -> shape-word records of the run's greedy captions; the model is loaded once."""
     from PIL import Image
 
     from icapnet.inference.evaluation import decode_split
@@ -124,12 +124,14 @@ def _decode_rows(run: Path, split: str) -> list[dict[str, Any]]:
 
     predictor = Predictor.from_dir(model_dir(run), feature_weights="none")
     boxes = json.loads((run / "cache" / "boxes.json").read_text())
-    rows = []
-    for image_id, result in decode_split(predictor.model, predictor.vocab, run / "cache", split,
-                                         beam=1, max_length=predictor.max_length):
-        with Image.open(run / "data" / "Images" / image_id) as image:
-            size = image.size
-        rows += shape_word_rows(result.words, result.attention, boxes[image_id], size)
+    rows: dict[str, list[dict[str, Any]]] = {split: [] for split in splits}
+    for split in splits:
+        for image_id, result in decode_split(predictor.model, predictor.vocab, run / "cache",
+                                             split, beam=1, max_length=predictor.max_length):
+            with Image.open(run / "data" / "Images" / image_id) as image:
+                size = image.size
+            rows[split] += shape_word_rows(result.words, result.attention, boxes[image_id],
+                                           size)
     return rows
 
 
@@ -151,14 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (run / part).exists():
                 raise IcapnetError(f"{run}: no {part} (not a finished quality_synthetic.py "
                                    "or icapnet.demo run on synthetic scenes)")
+    decoded = {run: _decode_rows(run, args.splits) for run in args.runs}
     report: dict[str, Any] = {}
     for split in args.splits:
-        pooled: list[dict[str, Any]] = []
         for run in args.runs:
-            rows = _decode_rows(run, split)
-            pooled += rows
-            report[f"{run}:{split}"] = summarise(rows)
-        report[f"pooled:{split}"] = summarise(pooled)
+            report[f"{run}:{split}"] = summarise(decoded[run][split])
+        report[f"pooled:{split}"] = summarise([r for run in args.runs
+                                               for r in decoded[run][split]])
     for name, summary in report.items():
         print(f"{name}: {json.dumps(summary)}")
     if args.json:

@@ -38,6 +38,13 @@ def box_coverage(box: Sequence[float], width: int, height: int, grid: int = 14) 
     return (oy[:, None] * ox[None, :]).astype(np.float32)
 
 
+def merged_box_coverage(objects: Sequence[Mapping[str, Any]], image_size: tuple[int, int],
+                        grid: int = 14) -> np.ndarray:
+    """[grid, grid] :func:`box_coverage` of several objects' boxes merged (cell-wise max):
+    the region a phrase that fits more than one object points at."""
+    return np.max([box_coverage(o["box"], *image_size, grid=grid) for o in objects], axis=0)
+
+
 def described_objects(words: Sequence[str], t: int, objects: Sequence[Mapping[str, Any]],
                       window: int = 3) -> list[Mapping[str, Any]]:
     """The objects whose colour and size agree with the adjectives among the ``window``
@@ -86,7 +93,7 @@ def attention_in_box(
         if not found:
             unmatched += 1
             continue
-        cover = np.max([box_coverage(o["box"], *image_size, grid=grid) for o in found], axis=0)
+        cover = merged_box_coverage(found, image_size, grid)
         steps = [t]
         if phrase:
             steps += [s for s in range(max(0, t - window), t) if words[s] in colours | sizes]
@@ -145,4 +152,5 @@ class LocalisationTally:
         }
 
 
-__all__ = ["LocalisationTally", "attention_in_box", "box_coverage", "described_objects"]
+__all__ = ["LocalisationTally", "attention_in_box", "box_coverage", "described_objects",
+           "merged_box_coverage"]
