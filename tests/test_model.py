@@ -222,6 +222,36 @@ def test_total_loss_includes_penalty_over_real_steps_only():
     assert float(stats["tokens"]) == mask.sum()
 
 
+def test_label_smoothing_trains_on_keras_smoothed_targets_and_reports_the_plain_loss():
+    """The objective is Keras' label-smoothed cross-entropy over the real tokens; the loss it
+    reports (and validation) is the plain cross-entropy, comparable with val_loss."""
+    # feature_norm off: in training it normalises by the batch, not the moving statistics.
+    model = Captioner(tiny_config(feature_norm=False), label_smoothing=0.2)
+    features, captions = padded_batch()
+    loss, stats = model.compute_losses(features, captions, training=True)
+    logits = model((features, captions[:, :-1]))[0].numpy()
+    labels = captions[:, 1:].numpy()
+    mask = labels != 0
+    vocab = logits.shape[-1]
+    keras_ce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2,
+                                                    reduction=None)
+    smoothed = keras_ce(np.eye(vocab)[labels][mask], logits[mask]).numpy().mean()
+    plain = _np_ce(labels, logits)[mask].mean()
+    assert float(loss) == pytest.approx(plain, rel=1e-5)
+    assert float(loss + stats["smoothing"]) == pytest.approx(smoothed, rel=1e-5)
+    assert abs(smoothed - plain) > 1e-3
+    _, evaluated = model.compute_losses(features, captions, training=False)
+    assert float(evaluated["smoothing"]) == 0.0
+
+
+@pytest.mark.parametrize("field,value,flag", [("label_smoothing", -0.1, "--label-smoothing"),
+                                              ("label_smoothing", 1.0, "--label-smoothing"),
+                                              ("ema_momentum", 1.0, "--ema-momentum")])
+def test_smoothing_and_weight_average_outside_0_1_are_refused(field, value, flag):
+    with pytest.raises(IcapnetError, match=f"^{flag}: must be in \\[0, 1\\), got {value}$"):
+        Config(train=TrainConfig(**{field: value})).validate()
+
+
 def test_progress_metrics_show_the_penalty_only_when_it_is_on():
     """Issue 11: the bar shows what compares with val_loss; with the penalty on, loss is
     token_loss + lambda * attention_penalty (one batch: exactly)."""

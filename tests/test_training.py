@@ -191,6 +191,53 @@ def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     _assert_same_weights(stopped, full)
 
 
+class RawWeights(keras.callbacks.Callback):
+    """The weights after every training step of epoch 0 (the raw ones: training steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[list[np.ndarray]] = []
+        self.epoch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 0:
+            self.steps.append([w.numpy() for w in self.model.trainable_weights])
+
+
+def test_weight_average_is_validated_saved_and_resumed_exactly(tmp_path):
+    """--ema-momentum: training steps on the raw weights (the same training losses as without
+    it), validation and the saved model use their moving average, and a crashed run resumes
+    to the same weights. val_loss rises every epoch on this cache, so the best epoch is the
+    first and the saved weights are the average after its steps."""
+    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
+    averaged = _config(ema_momentum=0.9, epochs=3)
+    plain = train(_config(epochs=3), cache, tmp_path / "plain", verbose=0)
+    raw = RawWeights()
+    full = tmp_path / "full"
+    history = train(averaged, cache, full, verbose=0, extra_callbacks=[raw])
+    np.testing.assert_allclose(history["loss"], plain["loss"], rtol=1e-6)
+    assert not np.allclose(history["val_loss"], plain["val_loss"], rtol=1e-3)
+    assert history["val_loss"].idxmin() == 0
+    average = raw.steps[0]  # Keras' first step copies the weights, then m * avg + (1 - m) * w
+    for step in raw.steps[1:]:
+        average = [0.9 * a + 0.1 * w for a, w in zip(average, step, strict=True)]
+    model = load_model_dir(full)[0]
+    for saved, expected in zip(model.trainable_weights, average, strict=True):
+        np.testing.assert_allclose(saved.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(averaged, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
+    resumed = train(averaged, cache, crashed, verbose=0)
+    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
+    _assert_same_weights(full, crashed)
+    with pytest.raises(IcapnetError, match=r"--ema-momentum: .* with a weight average"):
+        train(_config(epochs=3), cache, crashed, verbose=0)
+
+
 def test_mixed_precision_run_trains_and_checkpoints_its_loss_scale(tmp_path):
     cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
     config = _config(epochs=2, mixed_precision="float16")

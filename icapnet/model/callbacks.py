@@ -50,6 +50,22 @@ class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
     STATE = ("best", "wait", "cooldown_counter")
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' ``SwapEMAWeights(swap_on_epoch=True)``: validation and every callback after
+    this one at the end of an epoch (scorer, plateau callbacks, the recorder's best weights)
+    see the optimizer's moving average of the weights, and training steps on the raw ones.
+
+    The recorder's checkpoint is therefore written with the average in the model and the raw
+    weights in the optimizer's average slots. A run resumed from it (``resumed``) starts in
+    that state, so the first ``on_epoch_begin`` swaps them back, as in the run that was
+    interrupted.
+    """
+
+    def __init__(self, resumed: bool = False) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = bool(resumed)
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """After each epoch, in this order: history row, loss plot, best weights, checkpoint.
 

@@ -39,6 +39,14 @@ def masked_token_loss(labels, logits):
     return total / tf.maximum(count, 1.0)
 
 
+def _masked_uniform_ce(logits, mask):
+    """Sum over real tokens of the cross-entropy against the uniform distribution over the
+    vocabulary. Label smoothing eps makes a token's loss (1 - eps) * CE + eps * this, which is
+    Keras' ``label_smoothing`` without building [B, T, V] one-hot targets."""
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    return tf.reduce_sum(-tf.reduce_mean(log_probs, axis=-1) * mask)
+
+
 def _rows(tokens) -> list:
     """Shape [-1, T] that flattens [..., T] to one row per caption (T static when known)."""
     steps = tokens.shape[-1]
@@ -68,6 +76,7 @@ class Captioner(PrebuiltModel, keras.Model):
         attention_penalty: float = 0.0,
         clip_norm: float = 5.0,
         sub_batches: int = 1,
+        label_smoothing: float = 0.0,
         **kwargs,
     ) -> None:
         # A fixed name: checkpoints of the fine-tuner address the captioner inside it by name.
@@ -79,6 +88,7 @@ class Captioner(PrebuiltModel, keras.Model):
         self.attention_penalty = float(attention_penalty)
         self.clip_norm = float(clip_norm)
         self.sub_batches = int(sub_batches)  # see teacher_forcing; TrainConfig.sub_batches
+        self.label_smoothing = float(label_smoothing)  # TrainConfig.label_smoothing
         self.encoder = CNNEncoder(config.embedding_dim, config.dropout,
                                   feature_norm=config.feature_norm, name="encoder")
         self.decoder = Decoder(
@@ -199,7 +209,9 @@ class Captioner(PrebuiltModel, keras.Model):
 
         Returns ``(loss, stats)``: ``loss`` is this replica's share of the global objective
         (summing it over replicas gives the global-batch loss) and ``stats`` holds local sums
-        and counts for the metrics.
+        and counts for the metrics. With label smoothing, training adds ``stats["smoothing"]``
+        to the loss it differentiates; the loss it reports stays the plain cross-entropy, so
+        loss and val_loss (and early stopping) mean what they mean without it.
         """
         captions = tf.cast(captions, tf.int32)
         inputs, labels = captions[..., :-1], captions[..., 1:]
@@ -224,10 +236,14 @@ class Captioner(PrebuiltModel, keras.Model):
             local_penalty = tf.constant(0.0)
 
         loss = local_ce / global_tokens + self.attention_penalty * local_penalty / global_batch
+        smoothing = tf.constant(0.0)
+        if training and self.label_smoothing > 0:
+            smoothing = self.label_smoothing * (
+                _masked_uniform_ce(logits, mask) - local_ce) / global_tokens
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32) * mask)
         stats = {"ce": local_ce, "tokens": local_tokens, "penalty": local_penalty,
-                 "batch": batch, "correct": correct}
+                 "batch": batch, "correct": correct, "smoothing": smoothing}
         return loss, stats
 
     def update_metrics(self, loss, stats) -> dict:
@@ -263,7 +279,7 @@ class Captioner(PrebuiltModel, keras.Model):
         """
         with tf.GradientTape() as tape:
             loss, stats = self.compute_losses(features_fn(), captions, training=True)
-            scaled = optimizer.scale_loss(loss)
+            scaled = optimizer.scale_loss(loss + stats["smoothing"])
         grads = self.clip_gradients(tape.gradient(scaled, variables), variables, optimizer)
         optimizer.apply(grads, variables)
         return self.update_metrics(loss, stats)
@@ -299,6 +315,7 @@ class Captioner(PrebuiltModel, keras.Model):
             "attention_penalty": self.attention_penalty,
             "clip_norm": self.clip_norm,
             "sub_batches": self.sub_batches,
+            "label_smoothing": self.label_smoothing,
         }
 
     @classmethod

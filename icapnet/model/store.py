@@ -95,7 +95,8 @@ def build_captioner(config: Config) -> Captioner:
     from icapnet.model.captioner import Captioner
 
     return Captioner(config.model, attention_penalty=config.train.attention_penalty,
-                     clip_norm=config.train.clip_norm, sub_batches=config.train.sub_batches)
+                     clip_norm=config.train.clip_norm, sub_batches=config.train.sub_batches,
+                     label_smoothing=config.train.label_smoothing)
 
 
 def load_config(model_dir: str | Path) -> Config:

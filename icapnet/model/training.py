@@ -52,6 +52,7 @@ from icapnet.layout import (
     read_history,
 )
 from icapnet.model.callbacks import (
+    AveragedWeights,
     EpochRecorder,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
@@ -60,6 +61,7 @@ from icapnet.model.callbacks import (
 from icapnet.model.checkpoints import (
     TrainState,
     latest_checkpoint,
+    load_best,
     read_state,
     restore_checkpoint,
 )
@@ -77,13 +79,16 @@ log = logging.getLogger(__name__)
 MIN_LEARNING_RATE = 1e-7
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float,
+                   ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
     """``adam``, or ``rmsprop`` as Show-Attend-Tell's code has it (Graves' centred RMSProp
-    with momentum; see icapnet/presets.py)."""
+    with momentum; see icapnet/presets.py); with a moving average of the weights when
+    ``ema_momentum`` > 0."""
+    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate, rho=0.95, momentum=0.9, epsilon=1e-4,
-                                        centered=True)
-    return keras.optimizers.Adam(learning_rate)
+                                        centered=True, **ema)
+    return keras.optimizers.Adam(learning_rate, **ema)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -185,7 +190,8 @@ class _Run:
                           cfg.train.fine_tune_learning_rate)
 
     def _compile(self, model: keras.Model, learning_rate: float) -> None:
-        model.compile(optimizer=make_optimizer(self.config.train.optimizer, learning_rate),
+        model.compile(optimizer=make_optimizer(self.config.train.optimizer, learning_rate,
+                                               self.config.train.ema_momentum),
                       jit_compile=bool(self.config.train.jit_compile))
         model.optimizer.build(model.trainable_variables)
         self.model = model
@@ -272,8 +278,12 @@ class _Run:
             plateau = {"early_stopping": early, "reduce_lr": reduce}
         recorder = EpochRecorder(self.write_dir, phase.number, phase.end, history, monitor,
                                  plateau, mode=mode)
-        # The plateau callbacks run in the order reduce, early (as before), the recorder last.
-        callbacks = [*scorer, *extra_callbacks, *tensorboard(self.write_dir),
+        # The averaged weights go in first, so the scorer, the plateau callbacks and the
+        # recorder (best weights) see them; the plateau callbacks run in the order reduce,
+        # early (as before), the recorder last.
+        resumed = state.model_phase == phase.number and state.next_epoch > phase.start
+        averaged = [AveragedWeights(resumed)] if tcfg.ema_momentum > 0 else []
+        callbacks = [*averaged, *scorer, *extra_callbacks, *tensorboard(self.write_dir),
                      *([plateau["reduce_lr"]] if "reduce_lr" in plateau else []), early,
                      recorder]
         try:
@@ -301,6 +311,8 @@ class _Run:
         if recorder.state is None:
             raise IcapnetError(f"{self.cache_dir}: training stopped before the end of epoch "
                                f"{first + 1}")
+        if averaged:  # fit() ended by copying the optimizer's averages in: the best again
+            load_best(self.write_dir, self.model)
         return recorder.history, recorder.state
 
     def monitor(self, phase: _Phase, has_val: bool) -> tuple[str, list[keras.callbacks.Callback]]:
@@ -465,6 +477,13 @@ def _check_previous_run(out_dir: Path, cfg: Config) -> None:
     if old.model != cfg.model:
         raise IcapnetError(f"{out_dir}: holds a run with a different model config; "
                            "use another --out or delete it")
+    if (old.train.ema_momentum > 0) != (cfg.train.ema_momentum > 0):
+        # The checkpoint holds the average in the model and the raw weights in the
+        # optimizer's slots (callbacks.AveragedWeights), or no average at all.
+        raise IcapnetError(f"--ema-momentum: {out_dir} was trained "
+                           f"{'with' if old.train.ema_momentum else 'without'} a weight "
+                           f"average; keep --ema-momentum {old.train.ema_momentum} or use "
+                           "another --out")
     state = read_state(latest_checkpoint(out_dir))
     if state.model_phase == 2 and old.train.epochs != cfg.train.epochs:
         raise IcapnetError(f"--epochs: {out_dir} already fine-tunes after epoch "
