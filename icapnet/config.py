@@ -285,9 +285,11 @@ class Config:
         _at_least("fine_tune_epochs", t.fine_tune_epochs, 0)
         _at_least("sub_batches", t.sub_batches, 1)
         _at_least("length_buckets", t.length_buckets, 0)
-        for name in ("dropout", "state_dropout"):
-            if not 0.0 <= getattr(m, name) < 1.0:
-                raise IcapnetError(f"{_flag(name)}: must be in [0, 1), got {getattr(m, name)}")
+        for section, name in ((m, "dropout"), (m, "state_dropout"), (t, "ema_momentum"),
+                              (t, "label_smoothing")):
+            if not 0.0 <= getattr(section, name) < 1.0:
+                raise IcapnetError(f"{_flag(name)}: must be in [0, 1), got "
+                                   f"{getattr(section, name)}")
         for name in ("learning_rate", "fine_tune_learning_rate"):
             if not getattr(t, name) > 0:
                 raise IcapnetError(f"{_flag(name)}: must be > 0, got {getattr(t, name)}")
@@ -295,10 +297,6 @@ class Config:
             _at_least(name, getattr(t, name), 0)
         if not 0.0 < t.reduce_lr_factor < 1.0:
             raise IcapnetError(f"--reduce-lr-factor: must be in (0, 1), got {t.reduce_lr_factor}")
-        if not 0.0 <= t.ema_momentum < 1.0:
-            raise IcapnetError(f"--ema-momentum: must be in [0, 1), got {t.ema_momentum}")
-        if not 0.0 <= t.label_smoothing < 1.0:
-            raise IcapnetError(f"--label-smoothing: must be in [0, 1), got {t.label_smoothing}")
         if t.clip_norm < 0:
             raise IcapnetError(f"--clip-norm: must be >= 0, got {t.clip_norm}")
         if t.fine_tune_epochs and not t.fine_tune_from:

@@ -84,7 +84,7 @@ def make_optimizer(name: str, learning_rate: float,
     """``adam``, or ``rmsprop`` as Show-Attend-Tell's code has it (Graves' centred RMSProp
     with momentum; see icapnet/presets.py); with a moving average of the weights when
     ``ema_momentum`` > 0."""
-    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate, rho=0.95, momentum=0.9, epsilon=1e-4,
                                         centered=True, **ema)
