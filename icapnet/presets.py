@@ -6,7 +6,8 @@ preset's name is recorded in ``config.json`` (``train.preset``). Without ``--pre
 dataset picks one: synthetic scenes get ``synthetic``, every real-photo dataset ``sat``.
 
 ``synthetic`` is the config's own defaults: tuned on synthetic scenes with a random backbone
-(``benchmarks/quality_synthetic.py``; the reasons are next to each field in config.py).
+(``benchmarks/quality_synthetic.py``; the reasons are next to each field in config.py, with
+figures from that benchmark's 800-scene version unless they say otherwise).
 
 ``sat`` is Show, Attend and Tell's Flickr8k recipe (Xu et al. 2015, arXiv:1502.03044, sec. 4.2
 and 5.1, and its reference code github.com/kelvinxu/arctic-captions), on this project's

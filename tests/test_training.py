@@ -238,6 +238,32 @@ def test_weight_average_is_validated_saved_and_resumed_exactly(tmp_path):
         train(_config(epochs=3), cache, crashed, verbose=0)
 
 
+def test_cosine_schedule_replaces_the_plateau_cut_and_resumes_on_its_curve(tmp_path):
+    """--lr-schedule cosine: the rate falls from --learning-rate to 0 over every step of the
+    run, even where the plateau cut (patience 1, val_loss rising every epoch on this cache)
+    would halve it, and a run killed mid-epoch continues on the same curve."""
+    cache = write_cache(tmp_path / "cache", val_unknown_words=True)
+    cosine = _config(lr_schedule="cosine", epochs=3)
+    full = tmp_path / "full"
+    history = train(cosine, cache, full, verbose=0)
+    assert history["val_loss"].is_monotonic_increasing
+    # Recorded at the start of each epoch: 0.01 * (1 + cos(pi * epoch / 3)) / 2.
+    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.0075, 0.0025], rtol=1e-5)
+    plateau = train(_config(epochs=3), cache, tmp_path / "plateau", verbose=0)
+    np.testing.assert_allclose(plateau["learning_rate"], [0.01, 0.01, 0.005])
+    assert not np.allclose(history["loss"], plateau["loss"])
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(cosine, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
+    resumed = train(cosine, cache, crashed, verbose=0)
+    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
+    _assert_same_weights(full, crashed)
+    with pytest.raises(IcapnetError, match=r"--lr-schedule: .* trained with --lr-schedule "
+                                           r"cosine"):
+        train(_config(epochs=4), cache, crashed, verbose=0)
+
+
 def test_mixed_precision_run_trains_and_checkpoints_its_loss_scale(tmp_path):
     cache = write_cache(tmp_path / "cache", n_train=16, n_val=4)
     config = _config(epochs=2, mixed_precision="float16")

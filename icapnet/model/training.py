@@ -173,7 +173,7 @@ class _Run:
             if on_model is not None:
                 on_model(self.captioner)
             if model_phase == 1:
-                self._compile(self.captioner, self.config.train.learning_rate)
+                self._compile(self.captioner, self._first_phase_learning_rate())
             else:
                 self.start_fine_tuning()
 
@@ -189,24 +189,27 @@ class _Run:
             self._compile(FineTuner(extractor, self.captioner),
                           cfg.train.fine_tune_learning_rate)
 
-    def _compile(self, model: keras.Model, learning_rate: float) -> None:
+    def _first_phase_learning_rate(self) -> float | keras.optimizers.schedules.CosineDecay:
+        """The initial rate, or with ``lr_schedule="cosine"`` Keras' cosine decay over every
+        step of the phase (a function of the optimizer's step count, which the checkpoint
+        holds, so a resumed run continues on the same curve)."""
+        tcfg = self.config.train
+        if tcfg.lr_schedule != "cosine":
+            return tcfg.learning_rate
+        total = max(1, self.train_steps(1) * int(tcfg.epochs))
+        return keras.optimizers.schedules.CosineDecay(tcfg.learning_rate, decay_steps=total)
+
+    def _compile(self, model: keras.Model,
+                 learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
         model.compile(optimizer=make_optimizer(self.config.train.optimizer, learning_rate,
                                                self.config.train.ema_momentum),
                       jit_compile=bool(self.config.train.jit_compile))
         model.optimizer.build(model.trainable_variables)
         self.model = model
 
-    def datasets(self, phase: _Phase, first: int) -> tuple[tf.data.Dataset, int,
-                                                            tf.data.Dataset | None]:
-        """(train epochs ``first``..end, steps per epoch, validation or None) of a phase."""
-        from icapnet.data.pipeline import (
-            Batching,
-            longest_caption,
-            make_dataset,
-            make_epochs_dataset,
-            steps_per_epoch,
-        )
-        from icapnet.model.finetune import image_dataset
+    def _padding(self) -> tuple[bool, int | None]:
+        """(drop the last partial batch, the one caption length every batch pads to)."""
+        from icapnet.data.pipeline import longest_caption
 
         tcfg = self.config.train
         # Static shapes (TPUs always): one caption length for train and val, no partial batch.
@@ -214,11 +217,34 @@ class _Run:
         # caption length fails to compile); a smaller last batch only costs one more compile.
         drop = bool(tcfg.static_shapes) or tcfg.strategy == "tpu"
         fixed = drop or bool(tcfg.jit_compile)
-        length = longest_caption(self.cache_dir, ("train", "val")) if fixed else None
+        return drop, longest_caption(self.cache_dir, ("train", "val")) if fixed else None
+
+    def train_steps(self, phase_number: int) -> int:
+        """Training steps per epoch of a phase."""
+        from icapnet.data.pipeline import Batching, steps_per_epoch
+
+        tcfg = self.config.train
+        drop, length = self._padding()
+        batching = Batching.from_config(tcfg) if phase_number == 1 else None
+        return steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
+                               batching=batching, caption_length=length)
+
+    def datasets(self, phase: _Phase, first: int) -> tuple[tf.data.Dataset, int,
+                                                            tf.data.Dataset | None]:
+        """(train epochs ``first``..end, steps per epoch, validation or None) of a phase."""
+        from icapnet.data.pipeline import (
+            Batching,
+            make_dataset,
+            make_epochs_dataset,
+            steps_per_epoch,
+        )
+        from icapnet.model.finetune import image_dataset
+
+        tcfg = self.config.train
+        drop, length = self._padding()
         seeds = [epoch_seed(tcfg.seed, e) for e in range(first, phase.end)]
         batching = Batching.from_config(tcfg) if phase.number == 1 else None
-        steps = steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
-                                batching=batching, caption_length=length)
+        steps = self.train_steps(phase.number)
         if steps < 1:
             raise IcapnetError(f"{self.cache_dir}: no 'train' captions to train on"
                                + (" (fewer than one full batch)" if drop else ""))
@@ -269,7 +295,9 @@ class _Run:
                                        patience=tcfg.early_stopping_patience)
         early.resume = resume.get("early_stopping")
         plateau: dict[str, keras.callbacks.Callback] = {"early_stopping": early}
-        if tcfg.reduce_lr_patience > 0:
+        # The cosine schedule owns the first phase's rate; the plateau cut would fight it.
+        cosine = phase.number == 1 and tcfg.lr_schedule == "cosine"
+        if tcfg.reduce_lr_patience > 0 and not cosine:
             reduce = ResumableReduceLROnPlateau(monitor=monitor, mode=mode,
                                                 factor=tcfg.reduce_lr_factor,
                                                 patience=tcfg.reduce_lr_patience,
@@ -484,6 +512,11 @@ def _check_previous_run(out_dir: Path, cfg: Config) -> None:
                            f"{'with' if old.train.ema_momentum else 'without'} a weight "
                            f"average; keep --ema-momentum {old.train.ema_momentum} or use "
                            "another --out")
+    if old.train.lr_schedule != cfg.train.lr_schedule:
+        # A schedule has no learning-rate variable among the optimizer's: the checkpoint's
+        # optimizer state would not match.
+        raise IcapnetError(f"--lr-schedule: {out_dir} was trained with --lr-schedule "
+                           f"{old.train.lr_schedule}; keep it or use another --out")
     state = read_state(latest_checkpoint(out_dir))
     if state.model_phase == 2 and old.train.epochs != cfg.train.epochs:
         raise IcapnetError(f"--epochs: {out_dir} already fine-tunes after epoch "
