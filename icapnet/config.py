@@ -229,7 +229,8 @@ class TrainConfig:
         "plateau: cut the learning rate when the watched metric stalls (--reduce-lr-patience); "
         "cosine: decay it from --learning-rate to 0 over the first phase's epochs"))
     reduce_lr_patience: int = field(default=2, metadata=_help(
-        "lower the learning rate after this many epochs without improvement (0 = never)"))
+        "lower the learning rate after this many epochs without improvement (0 = never; "
+        "--lr-schedule plateau only)"))
     reduce_lr_factor: float = field(default=0.5, metadata=_help(
         "factor the learning rate is multiplied by when it is lowered"))
     shuffle_buffer: int = field(default=4096, metadata=_help(

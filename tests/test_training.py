@@ -133,6 +133,18 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(wa, wb)
 
 
+def _crash_and_resume(config: Config, cache: Path, crashed: Path, history: pd.DataFrame,
+                      full: Path) -> Path:
+    """Kill a run of ``config`` in the middle of its third epoch, re-run it, and check it
+    ends where the uninterrupted run (``history``, model in ``full``) did."""
+    with pytest.raises(Crash):
+        train(config, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
+    resumed = train(config, cache, crashed, verbose=0)
+    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
+    _assert_same_weights(full, crashed)
+    return crashed
+
+
 def test_cli_trains_and_a_crashed_run_resumes_to_identical_weights(tmp_path):
     """Exact resume, with what a resume must carry: the dropout RNG states, a learning rate
     ReduceLROnPlateau lowered, and the plateau counters; then early stopping and the best
@@ -228,12 +240,7 @@ def test_weight_average_is_validated_saved_and_resumed_exactly(tmp_path):
     for saved, expected in zip(model.trainable_weights, average, strict=True):
         np.testing.assert_allclose(saved.numpy(), expected, rtol=1e-4, atol=1e-6)
 
-    crashed = tmp_path / "crashed"
-    with pytest.raises(Crash):
-        train(averaged, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
-    resumed = train(averaged, cache, crashed, verbose=0)
-    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
-    _assert_same_weights(full, crashed)
+    crashed = _crash_and_resume(averaged, cache, tmp_path / "crashed", history, full)
     with pytest.raises(IcapnetError, match=r"--ema-momentum: .* with a weight average"):
         train(_config(epochs=3), cache, crashed, verbose=0)
 
@@ -253,12 +260,7 @@ def test_cosine_schedule_replaces_the_plateau_cut_and_resumes_on_its_curve(tmp_p
     np.testing.assert_allclose(plateau["learning_rate"], [0.01, 0.01, 0.005])
     assert not np.allclose(history["loss"], plateau["loss"])
 
-    crashed = tmp_path / "crashed"
-    with pytest.raises(Crash):
-        train(cosine, cache, crashed, verbose=0, extra_callbacks=[CrashAt(2, 1)])
-    resumed = train(cosine, cache, crashed, verbose=0)
-    pd.testing.assert_frame_equal(resumed, history, check_exact=False, rtol=1e-6)
-    _assert_same_weights(full, crashed)
+    crashed = _crash_and_resume(cosine, cache, tmp_path / "crashed", history, full)
     with pytest.raises(IcapnetError, match=r"--lr-schedule: .* trained with --lr-schedule "
                                            r"cosine"):
         train(_config(epochs=4), cache, crashed, verbose=0)
