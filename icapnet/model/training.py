@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -207,8 +208,11 @@ class _Run:
         model.optimizer.build(model.trainable_variables)
         self.model = model
 
+    @functools.cached_property
     def _padding(self) -> tuple[bool, int | None]:
-        """(drop the last partial batch, the one caption length every batch pads to)."""
+        """(drop the last partial batch, the one caption length every batch pads to). Cached:
+        the length tokenises every train and val caption, and the step count and the datasets
+        both need it."""
         from icapnet.data.pipeline import longest_caption
 
         tcfg = self.config.train
@@ -224,7 +228,7 @@ class _Run:
         from icapnet.data.pipeline import Batching, steps_per_epoch
 
         tcfg = self.config.train
-        drop, length = self._padding()
+        drop, length = self._padding
         batching = Batching.from_config(tcfg) if phase_number == 1 else None
         return steps_per_epoch(self.cache_dir, "train", tcfg.batch_size, drop_remainder=drop,
                                batching=batching, caption_length=length)
@@ -241,7 +245,7 @@ class _Run:
         from icapnet.model.finetune import image_dataset
 
         tcfg = self.config.train
-        drop, length = self._padding()
+        drop, length = self._padding
         seeds = [epoch_seed(tcfg.seed, e) for e in range(first, phase.end)]
         batching = Batching.from_config(tcfg) if phase.number == 1 else None
         steps = self.train_steps(phase.number)
