@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="icapnet: override config fields, e.g. train.group_by_image=false")
     p.add_argument("--extra", nargs="*", default=[], metavar="LABEL=SECTION.FIELD=VALUE[,...]",
                    help="more icapnet variants at the tutorial's sizes, e.g. "
-                   "flat=train.group_by_image=false,train.length_buckets=0 or "
-                   "noskip=captioner.skip_finished=false")
+                   "grouped=train.group_by_image=true,train.length_buckets=6 or "
+                   "unfused=train.fused_attention=off (a label starting 'default' varies "
+                   "the default configuration instead)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the random-feature cache goes (default runs/bench_cache/NAME)")
     p.add_argument("--seed", type=int, default=0)
@@ -147,6 +148,7 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     import tensorflow as tf
 
     from icapnet.data.pipeline import Batching, longest_caption, make_dataset
+    from icapnet.model.fused_attention import for_config
     from icapnet.model.precision import policy_name
     from icapnet.model.store import build_captioner
     from icapnet.model.training import config_from_cache
@@ -157,6 +159,7 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     # What icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
     keras.mixed_precision.set_global_policy(policy_name(t.mixed_precision))
     model = build_captioner(config)
+    model.fused_attention = for_config(config)
     for assignment in [*args.set, *extra]:  # captioner.ATTR=VALUE: an attribute of the model
         if assignment.startswith("captioner."):
             attr, _, raw = assignment.removeprefix("captioner.").partition("=")

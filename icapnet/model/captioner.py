@@ -89,6 +89,9 @@ class Captioner(PrebuiltModel, keras.Model):
         self.clip_norm = float(clip_norm)
         self.sub_batches = int(sub_batches)  # see teacher_forcing; TrainConfig.sub_batches
         self.label_smoothing = float(label_smoothing)  # TrainConfig.label_smoothing
+        # The training loss's attention scores by icapnet.model.fused_attention's kernel.
+        # Set by training once the kernel is known to build here; not saved with the model.
+        self.fused_attention = False
         self.encoder = CNNEncoder(config.embedding_dim, config.dropout,
                                   feature_norm=config.feature_norm, name="encoder")
         self.decoder = Decoder(
@@ -151,22 +154,25 @@ class Captioner(PrebuiltModel, keras.Model):
         features, captions_in = inputs
         return self.teacher_forcing(features, captions_in, training=training)
 
-    def teacher_forcing(self, features, captions_in, training=False, sub_batches: int = 1):
+    def teacher_forcing(self, features, captions_in, training=False, sub_batches: int = 1,
+                        fused=False):
         """:meth:`call`. With ``sub_batches`` > 1 (flat captions) the rows are sorted by
         length and cut into that many sub-batches, each decoded only up to its own longest
         caption: a batch padded to its longest caption otherwise runs every caption to that
         length. The batch, its loss and gradients stay the same (positions past a caption's
-        end are padding: zero outputs, masked out of the loss); only padding work goes."""
+        end are padding: zero outputs, masked out of the loss); only padding work goes.
+        ``fused``: attention scores by the fused kernel (see ``fused_attention``)."""
         if captions_in.shape.rank == 3:
             group = captions_in.shape[1]
             if group is None:
                 raise ValueError("grouped captions [G, K, T] need a static K")
             encoded = self.encoder(features, training=training)
             captions_in = tf.reshape(captions_in, _rows(captions_in))
-            return self.decoder((encoded, captions_in), training=training, group=int(group))
+            return self.decoder((encoded, captions_in), training=training, group=int(group),
+                                fused=fused)
         if sub_batches <= 1:
             encoded = self.encoder(features, training=training)
-            return self.decoder((encoded, captions_in), training=training)
+            return self.decoder((encoded, captions_in), training=training, fused=fused)
         lengths = tf.reduce_sum(tf.cast(captions_in != 0, tf.int32), axis=1)
         order = tf.argsort(lengths, direction="DESCENDING", stable=True)
         # Sorted inputs (no gradient to carry back), longest caption first.
@@ -174,13 +180,18 @@ class Captioner(PrebuiltModel, keras.Model):
         captions_in, lengths = tf.gather(captions_in, order), tf.gather(lengths, order)
         rows, steps = tf.shape(captions_in)[0], tf.shape(captions_in)[1]
         size = (rows + sub_batches - 1) // sub_batches
+        starts = [tf.minimum(k * size, rows) for k in range(sub_batches + 1)]
+        # tf.split, not slices: the gradient of a slice is a zero tensor of the whole batch's
+        # [B, R, E] with the slice written in, per sub-batch; split's is one concat.
+        encoded_parts = tf.split(encoded, tf.stack(starts[1:]) - tf.stack(starts[:-1]),
+                                 num=sub_batches)
         logits, alphas = [], []
         for k in range(sub_batches):
-            start = tf.minimum(k * size, rows)
-            end = tf.minimum(start + size, rows)
+            start, end = starts[k], starts[k + 1]
             width = tf.reduce_max(tf.concat([lengths[start:end], [1]], 0))  # own longest
             part_logits, part_alphas = self.decoder(
-                (encoded[start:end], captions_in[start:end, :width]), training=training)
+                (encoded_parts[k], captions_in[start:end, :width]), training=training,
+                fused=fused)
             pad = [[0, 0], [0, steps - width], [0, 0]]
             logits.append(tf.pad(part_logits, pad))
             alphas.append(tf.pad(part_alphas, pad))
@@ -216,7 +227,8 @@ class Captioner(PrebuiltModel, keras.Model):
         captions = tf.cast(captions, tf.int32)
         inputs, labels = captions[..., :-1], captions[..., 1:]
         logits, alphas = self.teacher_forcing(features, inputs, training=training,
-                                              sub_batches=self.sub_batches)
+                                              sub_batches=self.sub_batches,
+                                              fused=self.fused_attention)
         labels = tf.reshape(labels, _rows(labels))  # one row per caption
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
         # Rows without a token (padding of a grouped or fixed-size batch) are not captions.

@@ -130,22 +130,32 @@ class BahdanauAttention(keras.layers.Layer):
         """[B, R, E] -> [B, R, A]: the hidden-independent half of the score."""
         return self.W1(features)
 
-    def call(self, features, keys, hidden, group: int = 1, word_query=None):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None, fused=False):
         """Returns ``(context [B, E], alpha [B, R] float32)`` for query ``hidden`` [B, H].
 
         ``features`` / ``keys`` hold one row per IMAGE ([B / group, R, ...]) and ``hidden``
         one row per caption, ``group`` consecutive captions per image: the captions of an
         image share its keys by broadcasting, so nothing of size [B, R, E] is copied.
         ``word_query`` [B, A], when given, is added to ``W2·hidden`` (the decoder's
-        projection of the word just read).
+        projection of the word just read). ``fused`` (training, float32 on a CPU) computes
+        the scores with :mod:`icapnet.model.fused_attention`'s kernel: same values, a
+        fraction of the memory traffic.
         """
         query = self.W2(hidden)
         if word_query is not None:
             query = query + tf.cast(word_query, query.dtype)
-        query = tf.reshape(query, [-1, group, 1, self.units])  # [G, K, 1, A]
-        score = self.V(tf.tanh(tf.expand_dims(keys, 1) + query))  # [G, K, R, 1]
+        if fused:
+            from icapnet.model.fused_attention import additive_scores
+
+            query = tf.reshape(query, [-1, group, self.units])  # [G, K, A]
+            # V's bias shifts every score of a softmax alike: it changes nothing, and its
+            # gradient is zero either way.
+            score = additive_scores(keys, query, tf.reshape(self.V.kernel, [-1]))  # [G, K, R]
+        else:
+            query = tf.reshape(query, [-1, group, 1, self.units])  # [G, K, 1, A]
+            score = tf.squeeze(self.V(tf.tanh(tf.expand_dims(keys, 1) + query)), -1)  # [G, K, R]
         # Softmax in float32: under mixed precision 196-way float16 softmax loses mass.
-        alpha = tf.nn.softmax(tf.cast(tf.squeeze(score, -1), tf.float32), axis=-1)  # [G, K, R]
+        alpha = tf.nn.softmax(tf.cast(score, tf.float32), axis=-1)  # [G, K, R]
         # A batched matmul, not multiply + sum over regions: measured ~8 % less time for the
         # attention step's forward + backward on CPU (benchmarks/README.md).
         context = tf.matmul(tf.cast(alpha, features.dtype), features)  # [G, K, E]
@@ -168,7 +178,7 @@ class MeanAttention(keras.layers.Layer):
     def precompute_keys(self, features):
         return features
 
-    def call(self, features, keys, hidden, group: int = 1, word_query=None):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None, fused=False):
         regions = tf.shape(features)[1]
         alpha = tf.fill(tf.stack([tf.shape(hidden)[0], regions]),
                         1.0 / tf.cast(regions, tf.float32))
@@ -324,43 +334,51 @@ class Decoder(keras.layers.Layer):
         _, word_kernel, input_bias, _, _ = weights
         return tf.tensordot(words, word_kernel, 1) + input_bias
 
-    def _cell(self, x_proj, state, weights):
+    def _cell(self, x_proj, state, weights, recurrent=None):
         """Gates from the input projection ``x_proj`` [B, gates*U] -> (output [B, U], state)."""
         with tf.name_scope(self.cell.name):
-            return self._gates(x_proj, state, weights)
+            return self._gates(x_proj, state, weights, recurrent)
 
-    def _gates(self, x_proj, state, weights):
+    def _gates(self, x_proj, state, weights, recurrent=None):
+        """``recurrent``: the state's projection ``h @ recurrent_kernel`` when the caller
+        computed it already (the fused teacher forcing)."""
         _, _, _, recurrent_kernel, recurrent_bias = weights
         act, rec_act = self.cell.activation, self.cell.recurrent_activation
         if self.decoder_type == "gru":
-            inner = tf.matmul(state, recurrent_kernel) + recurrent_bias
+            if recurrent is None:
+                recurrent = tf.matmul(state, recurrent_kernel)
+            inner = recurrent + recurrent_bias
             x_z, x_r, x_h = tf.split(x_proj, 3, axis=-1)
             r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
             z = rec_act(x_z + r_z)
             h = z * state + (1 - z) * act(x_h + rec_act(x_r + r_r) * r_h)
             return h, h
         h_prev, c_prev = state[:, : self.units], state[:, self.units:]
-        z_i, z_f, z_c, z_o = tf.split(x_proj + tf.matmul(h_prev, recurrent_kernel), 4, axis=-1)
+        if recurrent is None:
+            recurrent = tf.matmul(h_prev, recurrent_kernel)
+        z_i, z_f, z_c, z_o = tf.split(x_proj + recurrent, 4, axis=-1)
         c = rec_act(z_f) * c_prev + rec_act(z_i) * act(z_c)
         h = rec_act(z_o) * act(c)
         return h, tf.concat([h, c], axis=-1)
 
     # -- per-step pieces ----------------------------------------------------------------
     def _recurrent_step(self, word_proj, state, encoded, keys, weights, training=False,
-                        group: int = 1, word_query=None):
+                        group: int = 1, word_query=None, fused=False):
         """One step before the output projection: -> (projection input, state, alpha).
 
         ``word_proj`` is this step's :meth:`_word_projection`. The projection input is the
         cell output [B, U], or with ``deep_output`` the cell output next to this step's
         context [B, U + E]. ``encoded`` / ``keys`` have one row per image, ``group``
         captions (rows of ``state``) per image. ``word_query`` is this step's projection of
-        the word read (with ``word_query`` on), else None.
+        the word read (with ``word_query`` on), else None. ``fused``: see
+        :meth:`BahdanauAttention.call`.
         """
         if self.state_dropout is not None:
             state = self.state_dropout(state, training=training)
-        hidden = state[:, : self.units]
+        # A GRU's state is its hidden vector; slicing it anyway costs a gradient op per step.
+        hidden = state if self.decoder_type == "gru" else state[:, : self.units]
         context, alpha = self.attention(encoded, keys, hidden, group=group,
-                                        word_query=word_query)
+                                        word_query=word_query, fused=fused)
         if self.gate is not None:
             context = context * tf.cast(self.gate(hidden), context.dtype)
         context_kernel = weights[0]
@@ -385,7 +403,7 @@ class Decoder(keras.layers.Layer):
         return self.project(out, training), state, alpha
 
     # -- teacher forcing ----------------------------------------------------------------
-    def call(self, inputs, training=False, group: int = 1):
+    def call(self, inputs, training=False, group: int = 1, fused=False):
         """Teacher forcing over ``tokens`` [B, T] -> (logits [B, T, V], alphas [B, T, R]).
 
         ``encoded`` [B / group, R, E] holds each image once for its ``group`` consecutive
@@ -393,9 +411,11 @@ class Decoder(keras.layers.Layer):
         A ``tf.while_loop`` (not a Python loop) so the graph size does not grow with T and a
         batch padded to its own longest caption needs no retrace. The word half of the cell's
         input projection and the vocabulary projection, the largest matmuls, run once on all
-        steps outside the loop.
+        steps outside the loop. ``fused``: the attention scores by the fused kernel.
         """
         encoded, tokens = inputs
+        if fused and isinstance(self.attention, BahdanauAttention):
+            return self._fused_teacher_forcing(encoded, tokens, training, group)
         keys = self.precompute_keys(encoded)
         state = self.initial_state(encoded)
         if group > 1:
@@ -417,7 +437,7 @@ class Decoder(keras.layers.Layer):
         def body(t, state, words_ta, outs_ta, alphas_ta, *queries_ta):
             query = queries_ta[0].read(t) if queries_ta else None
             out, state, alpha = self._recurrent_step(words_ta.read(t), state, encoded, keys,
-                                                     weights, training, group, query)
+                                                     weights, training, group, query, fused)
             return (t + 1, state, words_ta, outs_ta.write(t, out), alphas_ta.write(t, alpha),
                     *queries_ta)
 
@@ -429,6 +449,98 @@ class Decoder(keras.layers.Layer):
         alphas = tf.transpose(alphas_ta.stack(), [1, 0, 2])  # [B, T, R]
         logits = self.project(outputs, training)
         return logits, alphas
+
+    def _fused_teacher_forcing(self, encoded, tokens, training, group):
+        """:meth:`call` for training on a CPU in float32: the attention scores by the fused
+        kernel, and the gradients of everything the loop reads unchanged (the keys, the
+        encoded regions, the attention query's and the cell's weights) taken once per
+        caption after the loop (:mod:`icapnet.model.sequence_gradients`), not summed step
+        by step. The state's two projections (attention query ``W2`` and the cell's
+        recurrent kernel) are one matmul. Same outputs and gradients as :meth:`call` to
+        float32 rounding; tests/test_fused_attention.py compares them."""
+        from icapnet.model import fused_attention
+        from icapnet.model.sequence_gradients import Deferred, constant_matmul, matmul_rule, probe
+
+        attention = self.attention
+        keys = self.precompute_keys(encoded)  # [G, R, A]
+        state = self.initial_state(encoded)
+        if group > 1:
+            state = tf.repeat(state, group, axis=0)
+        weights = self._cell_weights(encoded.shape[-1])
+        context_kernel, recurrent_kernel = weights[0], weights[3]
+        words = self.embedding(tokens)
+        word_proj = tf.transpose(self._word_projection(words, weights), [1, 0, 2])
+        steps = tokens.shape[1] if tokens.shape[1] is not None else tf.shape(tokens)[1]
+        rows, images, regions = tf.shape(tokens)[0], tf.shape(encoded)[0], tf.shape(encoded)[1]
+        width, gates = attention.units, recurrent_kernel.shape[-1]
+        hidden_kernel = tf.concat([attention.W2.kernel, recurrent_kernel], axis=1)
+        v = tf.reshape(attention.V.kernel, [-1])
+
+        names = ("hidden", "context", "keys", "values")  # what the loop reads unchanged
+        rules = {name: Deferred(name) for name in names}
+        widths = [width + gates, gates, regions, encoded.shape[-1]]  # the parts of a probe row
+        probes = tf.TensorArray(encoded.dtype, size=steps).unstack(probe(
+            [hidden_kernel, context_kernel, keys, encoded], [rules[n] for n in names],
+            tf.stack([steps, rows]), widths))
+        read = {"words": tf.TensorArray(word_proj.dtype, size=steps).unstack(word_proj)}
+        if self.word_query is not None:
+            read["query"] = tf.TensorArray(encoded.dtype, size=steps).unstack(
+                tf.transpose(self.word_query(words), [1, 0, 2]))
+        written = {name: tf.TensorArray(dtype, size=steps) for name, dtype in (
+            ("outs", encoded.dtype), ("alphas", tf.float32), ("hidden", encoded.dtype),
+            ("context", encoded.dtype), ("queries", encoded.dtype))}
+        fixed = {"hidden": tf.stop_gradient(hidden_kernel),
+                 "context": tf.stop_gradient(context_kernel),
+                 "keys": tf.stop_gradient(keys), "values": tf.stop_gradient(encoded)}
+        transposed = {"hidden": tf.transpose(fixed["hidden"]),
+                      "context": tf.transpose(fixed["context"]),
+                      "values": tf.transpose(fixed["values"], [0, 2, 1])}
+
+        def body(t, state, written):
+            if self.state_dropout is not None:
+                state = self.state_dropout(state, training=training)
+            hidden = state if self.decoder_type == "gru" else state[:, : self.units]
+            added = dict(zip(names, tf.split(probes.read(t), widths, axis=1, num=len(names)),
+                             strict=True))
+            projected = (constant_matmul(hidden, fixed["hidden"], transposed["hidden"])
+                         + added["hidden"])
+            query, recurrent = tf.split(projected, [width, gates], axis=1)
+            query = query + attention.W2.bias
+            if "query" in read:
+                query = query + read["query"].read(t)
+            query = tf.reshape(query, [-1, group, width])  # [G, K, A]
+            score = fused_attention.additive_scores(fixed["keys"], query, v,
+                                                    keys_gradient=False)
+            alpha = tf.nn.softmax(score + tf.reshape(added["keys"], tf.shape(score)))
+            context = tf.reshape(constant_matmul(alpha, fixed["values"], transposed["values"]),
+                                 [-1, encoded.shape[-1]]) + added["values"]
+            if self.gate is not None:
+                context = context * self.gate(hidden)
+            x_proj = (constant_matmul(context, fixed["context"], transposed["context"])
+                      + added["context"] + read["words"].read(t))
+            out, state = self._cell(x_proj, state, weights, recurrent)
+            if self.deep_output:
+                out = tf.concat([out, context], axis=-1)
+            alpha = tf.reshape(alpha, tf.stack([-1, regions]))
+            records = {"outs": out, "alphas": alpha, "hidden": hidden, "context": context,
+                       "queries": query}
+            return t + 1, state, {name: written[name].write(t, value)
+                                  for name, value in records.items()}
+
+        _, _, written = tf.while_loop(lambda t, *_: t < steps, body,
+                                      (tf.constant(0), state, written),
+                                      maximum_iterations=steps)
+        recorded = {name: array.stack() for name, array in written.items()}
+        rules["hidden"].rule = matmul_rule(recorded["hidden"])
+        rules["context"].rule = matmul_rule(recorded["context"])
+        per_image = tf.stack([steps, images, group, -1])  # [T, B, ...] -> [T, G, K, ...]
+        rules["keys"].rule = lambda d_scores: fused_attention.keys_gradient(
+            keys, recorded["queries"], v, tf.reshape(d_scores, per_image))
+        alphas = tf.reshape(recorded["alphas"], per_image)
+        rules["values"].rule = lambda d_context: tf.einsum(
+            "tgkr,tgke->gre", alphas, tf.reshape(d_context, per_image))
+        outputs = tf.transpose(recorded["outs"], [1, 0, 2])  # [B, T, U]
+        return self.project(outputs, training), tf.transpose(recorded["alphas"], [1, 0, 2])
 
     def get_config(self) -> dict:
         return {

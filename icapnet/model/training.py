@@ -171,6 +171,7 @@ class _Run:
     def build(self, model_phase: int, on_model: Callable[[keras.Model], None] | None) -> None:
         with self.strategy.scope():
             self.captioner = build_captioner(self.config)
+            self.captioner.fused_attention = self._fused_attention
             if on_model is not None:
                 on_model(self.captioner)
             if model_phase == 1:
@@ -207,6 +208,14 @@ class _Run:
                       jit_compile=bool(self.config.train.jit_compile))
         model.optimizer.build(model.trainable_variables)
         self.model = model
+
+    @functools.cached_property
+    def _fused_attention(self) -> bool:
+        """Whether the training step's attention scores run on the fused kernel (decided
+        once per run: "auto" warns once when it falls back)."""
+        from icapnet.model.fused_attention import for_config
+
+        return for_config(self.config)
 
     @functools.cached_property
     def _padding(self) -> tuple[bool, int | None]:
