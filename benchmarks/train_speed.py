@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", nargs="*", default=[], metavar="LABEL=SECTION.FIELD=VALUE[,...]",
                    help="more icapnet variants at the tutorial's sizes, e.g. "
                    "grouped=train.group_by_image=true,train.length_buckets=6 or "
-                   "unfused=train.fused_attention=off (a label starting 'default' varies "
+                   "unfused=train.fused_step=off (a label starting 'default' varies "
                    "the default configuration instead)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the random-feature cache goes (default runs/bench_cache/NAME)")
@@ -148,7 +148,7 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     import tensorflow as tf
 
     from icapnet.data.pipeline import Batching, longest_caption, make_dataset
-    from icapnet.model.fused_attention import for_config
+    from icapnet.model.fused_step import for_config
     from icapnet.model.precision import policy_name
     from icapnet.model.store import build_captioner
     from icapnet.model.training import config_from_cache
@@ -159,7 +159,7 @@ def icapnet_variant(name: str, cache: Path, args: argparse.Namespace,
     # What icapnet.model.training does: policy, model, Adam, compile (jit flag), dataset.
     keras.mixed_precision.set_global_policy(policy_name(t.mixed_precision))
     model = build_captioner(config)
-    model.fused_attention = for_config(config)
+    model.fused_step = for_config(config)
     for assignment in [*args.set, *extra]:  # captioner.ATTR=VALUE: an attribute of the model
         if assignment.startswith("captioner."):
             attr, _, raw = assignment.removeprefix("captioner.").partition("=")

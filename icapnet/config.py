@@ -46,12 +46,12 @@ LR_SCHEDULES = ("plateau", "cosine")
 # Compute dtypes: of training (mixed, weights stay float32) and of the backbone.
 MIXED_PRECISIONS = ("off", "float16", "bfloat16", "auto")
 BACKBONE_PRECISIONS = ("float32", "bfloat16", "auto")
-# The training step's attention scores by a compiled CPU kernel (icapnet.model.fused_attention).
-FUSED_ATTENTION = ("auto", "on", "off")
+# The training step by compiled CPU kernels (icapnet.model.fused_step).
+FUSED_STEP = ("auto", "on", "off")
 CHOICES = {"decoder": DECODERS, "attention": ATTENTIONS, "init_state": INIT_STATES,
            "strategy": STRATEGIES, "optimizer": OPTIMIZERS, "early_stopping_metric": STOP_METRICS,
            "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISIONS,
-           "precision": BACKBONE_PRECISIONS, "fused_attention": FUSED_ATTENTION}
+           "precision": BACKBONE_PRECISIONS, "fused_step": FUSED_STEP}
 # The beam width used when none is given: caption / evaluate / export CLIs, the Python
 # Predictor, the web API and the page's slider.
 DEFAULT_BEAM = 3
@@ -189,14 +189,13 @@ class TrainConfig:
         "bfloat16 on a TPU, off on a CPU (neither was faster there)", bare="auto"))
     jit_compile: bool = field(default=False, metadata=_help("compile the training step with "
                                                             "XLA"))
-    # A C++ kernel for the attention scores of the training step (compiled on first use with
-    # g++ for this CPU) and the loop's weight gradients once per caption: 1.75x the captions/s
-    # of TensorFlow's ops at the tutorial's sizes (benchmarks/README.md). Same values to
-    # float32 rounding; decoding and saved models never use it.
-    fused_attention: str = field(default="auto", metadata=_help(
-        "compute the training step's attention scores with a fused CPU kernel (compiled "
-        "once with g++): auto uses it where it applies (float32 on a CPU, no XLA) and builds, "
-        "on makes that an error, off never"))
+    # C++ kernels for the attention scores and the GRU's gates of the training step (compiled
+    # on first use with g++ for this CPU) and the loop's weight gradients once per caption:
+    # ~1.75x the captions/s of TensorFlow's ops at the tutorial's sizes (benchmarks/README.md).
+    # Same values to float32 rounding; decoding and saved models never use them.
+    fused_step: str = field(default="auto", metadata=_help(
+        "train with fused CPU kernels (compiled once with g++): auto where they apply "
+        "(float32 on a CPU, no XLA) and build, on makes that an error, off never"))
     # Rows of a batch sorted by length and decoded in this many sub-batches, each only up to
     # its own longest caption: the same batch, loss and gradients with less padding work
     # (2: 1.12x captions/s on CPU; 4 and 8 no better, nor batch-wide length phases). See

@@ -89,9 +89,9 @@ class Captioner(PrebuiltModel, keras.Model):
         self.clip_norm = float(clip_norm)
         self.sub_batches = int(sub_batches)  # see teacher_forcing; TrainConfig.sub_batches
         self.label_smoothing = float(label_smoothing)  # TrainConfig.label_smoothing
-        # The training loss's attention scores by icapnet.model.fused_attention's kernel.
-        # Set by training once the kernel is known to build here; not saved with the model.
-        self.fused_attention = False
+        # The training loss by icapnet.model.fused_step's kernels (Decoder's fused teacher
+        # forcing). Set by training once they are known to build here; not saved.
+        self.fused_step = False
         self.encoder = CNNEncoder(config.embedding_dim, config.dropout,
                                   feature_norm=config.feature_norm, name="encoder")
         self.decoder = Decoder(
@@ -161,7 +161,7 @@ class Captioner(PrebuiltModel, keras.Model):
         caption: a batch padded to its longest caption otherwise runs every caption to that
         length. The batch, its loss and gradients stay the same (positions past a caption's
         end are padding: zero outputs, masked out of the loss); only padding work goes.
-        ``fused``: attention scores by the fused kernel (see ``fused_attention``)."""
+        ``fused``: the decoder's fused teacher forcing (see ``fused_step``)."""
         if captions_in.shape.rank == 3:
             group = captions_in.shape[1]
             if group is None:
@@ -228,7 +228,7 @@ class Captioner(PrebuiltModel, keras.Model):
         inputs, labels = captions[..., :-1], captions[..., 1:]
         logits, alphas = self.teacher_forcing(features, inputs, training=training,
                                               sub_batches=self.sub_batches,
-                                              fused=self.fused_attention)
+                                              fused=self.fused_step)
         labels = tf.reshape(labels, _rows(labels))  # one row per caption
         mask = tf.cast(tf.not_equal(labels, 0), tf.float32)
         # Rows without a token (padding of a grouped or fixed-size batch) are not captions.

@@ -130,32 +130,22 @@ class BahdanauAttention(keras.layers.Layer):
         """[B, R, E] -> [B, R, A]: the hidden-independent half of the score."""
         return self.W1(features)
 
-    def call(self, features, keys, hidden, group: int = 1, word_query=None, fused=False):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None):
         """Returns ``(context [B, E], alpha [B, R] float32)`` for query ``hidden`` [B, H].
 
         ``features`` / ``keys`` hold one row per IMAGE ([B / group, R, ...]) and ``hidden``
         one row per caption, ``group`` consecutive captions per image: the captions of an
         image share its keys by broadcasting, so nothing of size [B, R, E] is copied.
         ``word_query`` [B, A], when given, is added to ``W2·hidden`` (the decoder's
-        projection of the word just read). ``fused`` (training, float32 on a CPU) computes
-        the scores with :mod:`icapnet.model.fused_attention`'s kernel: same values, a
-        fraction of the memory traffic.
+        projection of the word just read).
         """
         query = self.W2(hidden)
         if word_query is not None:
             query = query + tf.cast(word_query, query.dtype)
-        if fused:
-            from icapnet.model.fused_attention import additive_scores
-
-            query = tf.reshape(query, [-1, group, self.units])  # [G, K, A]
-            # V's bias shifts every score of a softmax alike: it changes nothing, and its
-            # gradient is zero either way.
-            score = additive_scores(keys, query, tf.reshape(self.V.kernel, [-1]))  # [G, K, R]
-        else:
-            query = tf.reshape(query, [-1, group, 1, self.units])  # [G, K, 1, A]
-            score = tf.squeeze(self.V(tf.tanh(tf.expand_dims(keys, 1) + query)), -1)  # [G, K, R]
+        query = tf.reshape(query, [-1, group, 1, self.units])  # [G, K, 1, A]
+        score = self.V(tf.tanh(tf.expand_dims(keys, 1) + query))  # [G, K, R, 1]
         # Softmax in float32: under mixed precision 196-way float16 softmax loses mass.
-        alpha = tf.nn.softmax(tf.cast(score, tf.float32), axis=-1)  # [G, K, R]
+        alpha = tf.nn.softmax(tf.cast(tf.squeeze(score, -1), tf.float32), axis=-1)  # [G, K, R]
         # A batched matmul, not multiply + sum over regions: measured ~8 % less time for the
         # attention step's forward + backward on CPU (benchmarks/README.md).
         context = tf.matmul(tf.cast(alpha, features.dtype), features)  # [G, K, E]
@@ -178,7 +168,7 @@ class MeanAttention(keras.layers.Layer):
     def precompute_keys(self, features):
         return features
 
-    def call(self, features, keys, hidden, group: int = 1, word_query=None, fused=False):
+    def call(self, features, keys, hidden, group: int = 1, word_query=None):
         regions = tf.shape(features)[1]
         alpha = tf.fill(tf.stack([tf.shape(hidden)[0], regions]),
                         1.0 / tf.cast(regions, tf.float32))
@@ -363,22 +353,21 @@ class Decoder(keras.layers.Layer):
 
     # -- per-step pieces ----------------------------------------------------------------
     def _recurrent_step(self, word_proj, state, encoded, keys, weights, training=False,
-                        group: int = 1, word_query=None, fused=False):
+                        group: int = 1, word_query=None):
         """One step before the output projection: -> (projection input, state, alpha).
 
         ``word_proj`` is this step's :meth:`_word_projection`. The projection input is the
         cell output [B, U], or with ``deep_output`` the cell output next to this step's
         context [B, U + E]. ``encoded`` / ``keys`` have one row per image, ``group``
         captions (rows of ``state``) per image. ``word_query`` is this step's projection of
-        the word read (with ``word_query`` on), else None. ``fused``: see
-        :meth:`BahdanauAttention.call`.
+        the word read (with ``word_query`` on), else None.
         """
         if self.state_dropout is not None:
             state = self.state_dropout(state, training=training)
         # A GRU's state is its hidden vector; slicing it anyway costs a gradient op per step.
         hidden = state if self.decoder_type == "gru" else state[:, : self.units]
         context, alpha = self.attention(encoded, keys, hidden, group=group,
-                                        word_query=word_query, fused=fused)
+                                        word_query=word_query)
         if self.gate is not None:
             context = context * tf.cast(self.gate(hidden), context.dtype)
         context_kernel = weights[0]
@@ -411,7 +400,8 @@ class Decoder(keras.layers.Layer):
         A ``tf.while_loop`` (not a Python loop) so the graph size does not grow with T and a
         batch padded to its own longest caption needs no retrace. The word half of the cell's
         input projection and the vocabulary projection, the largest matmuls, run once on all
-        steps outside the loop. ``fused``: the attention scores by the fused kernel.
+        steps outside the loop. ``fused``: :meth:`_fused_teacher_forcing` (training on a
+        CPU, see :mod:`icapnet.model.fused_step`).
         """
         encoded, tokens = inputs
         if fused and isinstance(self.attention, BahdanauAttention):
@@ -437,7 +427,7 @@ class Decoder(keras.layers.Layer):
         def body(t, state, words_ta, outs_ta, alphas_ta, *queries_ta):
             query = queries_ta[0].read(t) if queries_ta else None
             out, state, alpha = self._recurrent_step(words_ta.read(t), state, encoded, keys,
-                                                     weights, training, group, query, fused)
+                                                     weights, training, group, query)
             return (t + 1, state, words_ta, outs_ta.write(t, out), alphas_ta.write(t, alpha),
                     *queries_ta)
 
@@ -451,14 +441,16 @@ class Decoder(keras.layers.Layer):
         return logits, alphas
 
     def _fused_teacher_forcing(self, encoded, tokens, training, group):
-        """:meth:`call` for training on a CPU in float32: the attention scores by the fused
-        kernel, and the gradients of everything the loop reads unchanged (the keys, the
-        encoded regions, the attention query's and the cell's weights) taken once per
-        caption after the loop (:mod:`icapnet.model.sequence_gradients`), not summed step
-        by step. The state's two projections (attention query ``W2`` and the cell's
-        recurrent kernel) are one matmul. Same outputs and gradients as :meth:`call` to
-        float32 rounding; tests/test_fused_attention.py compares them."""
-        from icapnet.model import fused_attention
+        """:meth:`call` for training on a CPU in float32: the attention scores (and a GRU's
+        gates) by the fused kernels, and the gradients of everything the loop reads
+        unchanged (the keys, the encoded regions, the attention query's and the cell's
+        weights) taken once per caption after the loop
+        (:mod:`icapnet.model.sequence_gradients`), not summed step by step. The state's two
+        projections (attention query ``W2`` and the cell's recurrent kernel) are one matmul.
+        V's bias is left out: it shifts every score of a softmax alike, so it changes
+        nothing and its gradient is zero either way. Same outputs and gradients as
+        :meth:`call` to float32 rounding; tests/test_fused_step.py compares them."""
+        from icapnet.model import fused_step
         from icapnet.model.sequence_gradients import Deferred, constant_matmul, matmul_rule, probe
 
         attention = self.attention
@@ -467,7 +459,11 @@ class Decoder(keras.layers.Layer):
         if group > 1:
             state = tf.repeat(state, group, axis=0)
         weights = self._cell_weights(encoded.shape[-1])
-        context_kernel, recurrent_kernel = weights[0], weights[3]
+        context_kernel, recurrent_kernel, recurrent_bias = weights[0], weights[3], weights[4]
+        cell = self.cell
+        fused_gates = (self.decoder_type == "gru" and cell.reset_after
+                       and cell.activation is keras.activations.tanh
+                       and cell.recurrent_activation is keras.activations.sigmoid)
         words = self.embedding(tokens)
         word_proj = tf.transpose(self._word_projection(words, weights), [1, 0, 2])
         steps = tokens.shape[1] if tokens.shape[1] is not None else tf.shape(tokens)[1]
@@ -475,6 +471,7 @@ class Decoder(keras.layers.Layer):
         width, gates = attention.units, recurrent_kernel.shape[-1]
         hidden_kernel = tf.concat([attention.W2.kernel, recurrent_kernel], axis=1)
         v = tf.reshape(attention.V.kernel, [-1])
+        per_image_step = tf.stack([-1, group, regions])  # [B, R] -> [G, K, R]
 
         names = ("hidden", "context", "keys", "values")  # what the loop reads unchanged
         rules = {name: Deferred(name) for name in names}
@@ -493,8 +490,7 @@ class Decoder(keras.layers.Layer):
                  "context": tf.stop_gradient(context_kernel),
                  "keys": tf.stop_gradient(keys), "values": tf.stop_gradient(encoded)}
         transposed = {"hidden": tf.transpose(fixed["hidden"]),
-                      "context": tf.transpose(fixed["context"]),
-                      "values": tf.transpose(fixed["values"], [0, 2, 1])}
+                      "context": tf.transpose(fixed["context"])}
 
         def body(t, state, written):
             if self.state_dropout is not None:
@@ -502,23 +498,29 @@ class Decoder(keras.layers.Layer):
             hidden = state if self.decoder_type == "gru" else state[:, : self.units]
             added = dict(zip(names, tf.split(probes.read(t), widths, axis=1, num=len(names)),
                              strict=True))
-            projected = (constant_matmul(hidden, fixed["hidden"], transposed["hidden"])
-                         + added["hidden"])
+            with tf.name_scope("state_projection"):  # names for benchmarks/profile_step.py
+                projected = (constant_matmul(hidden, fixed["hidden"], transposed["hidden"])
+                             + added["hidden"])
             query, recurrent = tf.split(projected, [width, gates], axis=1)
             query = query + attention.W2.bias
             if "query" in read:
                 query = query + read["query"].read(t)
             query = tf.reshape(query, [-1, group, width])  # [G, K, A]
-            score = fused_attention.additive_scores(fixed["keys"], query, v,
-                                                    keys_gradient=False)
-            alpha = tf.nn.softmax(score + tf.reshape(added["keys"], tf.shape(score)))
-            context = tf.reshape(constant_matmul(alpha, fixed["values"], transposed["values"]),
-                                 [-1, encoded.shape[-1]]) + added["values"]
+            alpha, context = fused_step.additive_attention(
+                fixed["keys"], query, v, fixed["values"],
+                tf.reshape(added["keys"], per_image_step),
+                tf.reshape(added["values"], [-1, group, encoded.shape[-1]]))
+            context = tf.reshape(context, [-1, encoded.shape[-1]])
             if self.gate is not None:
                 context = context * self.gate(hidden)
-            x_proj = (constant_matmul(context, fixed["context"], transposed["context"])
-                      + added["context"] + read["words"].read(t))
-            out, state = self._cell(x_proj, state, weights, recurrent)
+            with tf.name_scope("context_projection"):
+                x_proj = (constant_matmul(context, fixed["context"], transposed["context"])
+                          + added["context"] + read["words"].read(t))
+            if fused_gates:
+                state = fused_step.gru_gates(x_proj, recurrent + recurrent_bias, state)
+                out = state
+            else:
+                out, state = self._cell(x_proj, state, weights, recurrent)
             if self.deep_output:
                 out = tf.concat([out, context], axis=-1)
             alpha = tf.reshape(alpha, tf.stack([-1, regions]))
@@ -534,7 +536,7 @@ class Decoder(keras.layers.Layer):
         rules["hidden"].rule = matmul_rule(recorded["hidden"])
         rules["context"].rule = matmul_rule(recorded["context"])
         per_image = tf.stack([steps, images, group, -1])  # [T, B, ...] -> [T, G, K, ...]
-        rules["keys"].rule = lambda d_scores: fused_attention.keys_gradient(
+        rules["keys"].rule = lambda d_scores: fused_step.keys_gradient(
             keys, recorded["queries"], v, tf.reshape(d_scores, per_image))
         alphas = tf.reshape(recorded["alphas"], per_image)
         rules["values"].rule = lambda d_context: tf.einsum(

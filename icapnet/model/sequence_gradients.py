@@ -43,8 +43,9 @@ def probe(tensors: list[tf.Tensor], gradients: list[Deferred], leading, widths) 
         zeros = tf.zeros(tf.concat([leading, [tf.reduce_sum(widths)]], 0), inputs[0].dtype)
 
         def backward(d_probe):
-            parts = tf.split(d_probe, widths, axis=-1, num=len(gradients))
-            return [gradient(part) for gradient, part in zip(gradients, parts, strict=True)]
+            with tf.name_scope("sequence_gradients"):
+                parts = tf.split(d_probe, widths, axis=-1, num=len(gradients))
+                return [gradient(part) for gradient, part in zip(gradients, parts, strict=True)]
 
         return zeros, backward
 

@@ -171,7 +171,7 @@ class _Run:
     def build(self, model_phase: int, on_model: Callable[[keras.Model], None] | None) -> None:
         with self.strategy.scope():
             self.captioner = build_captioner(self.config)
-            self.captioner.fused_attention = self._fused_attention
+            self.captioner.fused_step = self._fused_step
             if on_model is not None:
                 on_model(self.captioner)
             if model_phase == 1:
@@ -210,10 +210,10 @@ class _Run:
         self.model = model
 
     @functools.cached_property
-    def _fused_attention(self) -> bool:
-        """Whether the training step's attention scores run on the fused kernel (decided
-        once per run: "auto" warns once when it falls back)."""
-        from icapnet.model.fused_attention import for_config
+    def _fused_step(self) -> bool:
+        """Whether the training step runs on the fused kernels (decided once per run: "auto"
+        logs once why it falls back)."""
+        from icapnet.model.fused_step import for_config
 
         return for_config(self.config)
 

@@ -1,19 +1,20 @@
-"""A fused CPU kernel for the training step's attention scores ``V·tanh(keys + query)``.
+"""Fused CPU kernels for the training step: the attention scores and the GRU's gates.
 
-TensorFlow's own ops write the broadcast sum, its tanh and their gradients to memory at every
-decoder step: about 15 passes over a [batch, 196, attention width] tensor, the largest share
-of a CPU training step (benchmarks/README.md, ``profile_step.py``). The C++ kernels in
-``kernels/additive_scores.cc`` keep one row in registers: on the 2-core VM the scores'
-forward + backward for 64 captions took 3.2 ms instead of 15 ms per step, with the same
-values to float32 rounding.
+TensorFlow's own ops write the broadcast sum ``keys + W2·h``, its tanh and their gradients to
+memory at every decoder step: about 15 passes over a [batch, 196, attention width] tensor, the
+largest share of a CPU training step (benchmarks/README.md, ``profile_step.py``). The C++
+kernels in ``kernels/fused_step.cc`` keep one row in registers: on the 2-core VM the scores'
+forward + backward for 64 captions took 3.2 ms instead of 15 ms per step, with the same values
+to float32 rounding. The GRU's gates, ~15 small ops forward and ~25 backward per step (each a
+dispatch inside the while loop), are one op each way.
 
-The kernel is compiled on first use with the C++ compiler TensorFlow's headers need (``g++``
+The kernels are compiled on first use with the C++ compiler TensorFlow's headers need (``g++``
 or ``$CXX``) for this CPU (``-march=native``), once per source, TensorFlow version and CPU,
-into ``$ICAPNET_KERNEL_CACHE`` (default ``~/.cache/icapnet/kernels``). It is used by
-training and validation only: decoding, export and the SavedModel keep TensorFlow's ops, so
-a saved model needs nothing but TensorFlow. ``train.fused_attention="auto"`` uses it where it
-can (float32 on a CPU, no XLA) and falls back to TensorFlow's ops with a warning when it
-cannot be built.
+into ``$ICAPNET_KERNEL_CACHE`` (default ``~/.cache/icapnet/kernels``). Training and validation
+use them (``Decoder._fused_teacher_forcing``); decoding, export and the SavedModel keep
+TensorFlow's ops, so a saved model needs nothing but TensorFlow. ``train.fused_step="auto"``
+uses them where they apply (float32 on a CPU, no XLA) and falls back to TensorFlow's ops when
+they cannot be built.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "additive_scores.cc"
+SOURCE = Path(__file__).with_name("kernels") / "fused_step.cc"
 CACHE_ENV = "ICAPNET_KERNEL_CACHE"
 _OPTIMISE = ["-O3", "-march=native"]
 
 
 class KernelUnavailable(Exception):
-    """The kernel cannot be built or loaded here; the message says why, in one line."""
+    """The kernels cannot be built or loaded here; the message says why, in one line."""
 
 
 _module: ModuleType | None = None
@@ -77,25 +78,25 @@ def _compiler() -> str:
 
 
 def library_path(directory: Path | None = None) -> Path:
-    """The compiled kernel's file for this source, TensorFlow version and CPU."""
+    """The compiled kernels' file for this source, TensorFlow version and CPU."""
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags() + _OPTIMISE
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__.encode(), " ".join(flags).encode(),
                  _cpu_flags().encode(), platform.machine().encode()):
         key.update(part)
         key.update(b"\0")
-    return (directory or cache_dir()) / f"additive_scores-{key.hexdigest()[:16]}.so"
+    return (directory or cache_dir()) / f"fused_step-{key.hexdigest()[:16]}.so"
 
 
 def _compile(target: Path) -> None:
-    """Build the kernel into ``target`` via a temporary file: never a half-written library."""
+    """Build the kernels into ``target`` via a temporary file: never a half-written library."""
     compiler = _compiler()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise KernelUnavailable(f"{target.parent}: cannot create the kernel cache "
                                 f"({err.strerror or err})") from None
-    log.info("compiling the fused attention kernel for this CPU (once, ~10 s) into %s",
+    log.info("compiling the fused training kernels for this CPU (once, ~10 s) into %s",
              target.parent)
     handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
     os.close(handle)
@@ -114,7 +115,7 @@ def _compile(target: Path) -> None:
 
 
 def build(directory: Path | None = None) -> Path:
-    """The compiled kernel, compiled first if this machine has no build of it yet."""
+    """The kernels' library, compiled first if this machine has no build of it yet."""
     target = library_path(directory)
     if not target.exists():
         _compile(target)
@@ -122,7 +123,7 @@ def build(directory: Path | None = None) -> Path:
 
 
 def load() -> ModuleType:
-    """The kernel's op module (loaded once per process: its ops can be registered once)."""
+    """The kernels' op module (loaded once per process: its ops can be registered once)."""
     global _module
     if _module is not None:
         return _module
@@ -141,7 +142,7 @@ def load() -> ModuleType:
 
 def resolve(mode: str, *, jit_compile: bool = False, compute_dtype: str = "float32",
             attention: str = "bahdanau", strategy: str = "default") -> bool:
-    """Whether training uses the kernel for ``train.fused_attention=mode``.
+    """Whether training uses the fused step for ``train.fused_step=mode``.
 
     "off" never; "auto" when it applies (Bahdanau attention, float32, no XLA, no GPU or
     TPU) and builds, else TensorFlow's ops with a warning saying why; "on" the same, but a
@@ -151,13 +152,13 @@ def resolve(mode: str, *, jit_compile: bool = False, compute_dtype: str = "float
         return False
     reason, fixable = None, False
     if compute_dtype != "float32":
-        reason = f"it computes in float32 only, this run in {compute_dtype}"
+        reason = f"they compute in float32 only, this run in {compute_dtype}"
     elif jit_compile:
-        reason = "XLA (--jit-compile) cannot compile a custom op"
+        reason = "XLA (--jit-compile) cannot compile custom ops"
     elif strategy == "tpu":
-        reason = "it is a CPU kernel and this run trains on a TPU"
+        reason = "they are CPU kernels and this run trains on a TPU"
     elif tf.config.list_physical_devices("GPU"):
-        reason = "it is a CPU kernel and TensorFlow sees a GPU"
+        reason = "they are CPU kernels and TensorFlow sees a GPU"
     if reason is None:
         try:
             load()
@@ -165,11 +166,11 @@ def resolve(mode: str, *, jit_compile: bool = False, compute_dtype: str = "float
         except KernelUnavailable as err:
             reason, fixable = str(err), True
     if mode == "on":
-        raise IcapnetError(f"--fused-attention on: cannot use the fused kernel: {reason}")
-    # A kernel that does not build is worth a warning (a CPU run is ~1.7x slower without
-    # it); one that does not apply (a GPU, XLA, mixed precision) is as it should be.
+        raise IcapnetError(f"--fused-step on: cannot use the fused kernels: {reason}")
+    # Kernels that do not build are worth a warning (a CPU run is ~1.7x slower without
+    # them); ones that do not apply (a GPU, XLA, mixed precision) are as they should be.
     log.log(logging.WARNING if fixable else logging.INFO,
-            "fused attention kernel not used (%s): TensorFlow's ops instead", reason)
+            "fused training step not used (%s): TensorFlow's ops instead", reason)
     return False
 
 
@@ -179,20 +180,23 @@ def for_config(config: Config) -> bool:
     import keras
 
     t = config.train
-    return resolve(t.fused_attention, jit_compile=bool(t.jit_compile),
+    return resolve(t.fused_step, jit_compile=bool(t.jit_compile),
                    compute_dtype=keras.mixed_precision.global_policy().compute_dtype,
                    attention=config.model.attention, strategy=t.strategy)
 
 
-def additive_scores(keys: tf.Tensor, query: tf.Tensor, v: tf.Tensor,
-                    keys_gradient: bool = True) -> tf.Tensor:
-    """``scores[g, k, r] = sum_a v[a] * tanh(keys[g, r, a] + query[g, k, a])``.
-
-    keys [G, R, A], query [G, K, A] (K captions per image), v [A], all float32 -> [G, K, R].
-    ``keys_gradient=False``: the op's gradient leaves the keys out (None), for a caller that
-    takes it once per sequence with :func:`keys_gradient`.
+def additive_attention(keys: tf.Tensor, query: tf.Tensor, v: tf.Tensor, values: tf.Tensor,
+                       add_scores: tf.Tensor, add_context: tf.Tensor
+                       ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Bahdanau attention of K captions per image, all float32: ``alpha = softmax_r(sum_a
+    v[a] tanh(keys[g, r, a] + query[g, k, a]) + add_scores)`` [G, K, R] and ``context =
+    alpha · values + add_context`` [G, K, E], from keys [G, R, A], query [G, K, A], v [A],
+    values [G, R, E]. The gradient leaves out keys and values (None): the caller takes
+    theirs once per sequence, from the gradients of ``add_scores`` (which are the scores')
+    and ``add_context`` (:func:`keys_gradient`, ``Decoder._fused_teacher_forcing``).
     """
-    return load().icapnet_additive_scores(keys, query, v, keys_gradient=keys_gradient)
+    return tuple(load().icapnet_additive_attention(keys, query, v, values, add_scores,
+                                                   add_context))
 
 
 def keys_gradient(keys: tf.Tensor, queries: tf.Tensor, v: tf.Tensor,
@@ -208,9 +212,25 @@ def keys_gradient(keys: tf.Tensor, queries: tf.Tensor, v: tf.Tensor,
                                                want_query=False)[0]
 
 
-@tf.RegisterGradient("IcapnetAdditiveScores")
-def _additive_scores_grad(op: tf.Operation, d_scores: tf.Tensor) -> list[tf.Tensor | None]:
-    with_keys = op.get_attr("keys_gradient")
-    d_keys, d_query, d_v = load().icapnet_additive_scores_grad(
-        *op.inputs, d_scores, want_keys=with_keys, want_query=True)
-    return [d_keys if with_keys else None, d_query, d_v]
+@tf.RegisterGradient("IcapnetAdditiveAttention")
+def _additive_attention_grad(op: tf.Operation, d_alpha: tf.Tensor | None,
+                             d_context: tf.Tensor | None) -> list[tf.Tensor | None]:
+    alpha, context = op.outputs
+    d_alpha = tf.zeros_like(alpha) if d_alpha is None else d_alpha
+    d_context = tf.zeros_like(context) if d_context is None else d_context
+    keys, query, v, values = op.inputs[:4]
+    d_query, d_v, d_scores = load().icapnet_additive_attention_grad(
+        keys, query, v, values, alpha, d_alpha, d_context)
+    return [None, d_query, d_v, None, d_scores, d_context]
+
+
+def gru_gates(x: tf.Tensor, inner: tf.Tensor, state: tf.Tensor) -> tf.Tensor:
+    """Keras' GRUCell (reset_after, sigmoid / tanh) from its two projections: ``x`` [B, 3U]
+    (input, with the input bias), ``inner`` [B, 3U] (state, with the recurrent bias) and
+    ``state`` [B, U] -> the new state [B, U], in one op forward and one backward."""
+    return load().icapnet_gru_gates(x, inner, state)
+
+
+@tf.RegisterGradient("IcapnetGruGates")
+def _gru_gates_grad(op: tf.Operation, d_h: tf.Tensor) -> list[tf.Tensor]:
+    return load().icapnet_gru_gates_grad(*op.inputs, d_h)

@@ -1,6 +1,6 @@
 """The fused training step: the compiled attention kernel and the per-sequence gradients.
 
-Training uses it by default on a CPU (``train.fused_attention="auto"``), so every training
+Training uses it by default on a CPU (``train.fused_step="auto"``), so every training
 test runs it too; these tests compare it, value by value and gradient by gradient, with
 TensorFlow's own ops, and check when it is (not) used.
 """
@@ -18,7 +18,7 @@ from test_training import write_cache
 
 from icapnet.config import Config, ModelConfig, TrainConfig
 from icapnet.errors import IcapnetError
-from icapnet.model import fused_attention
+from icapnet.model import fused_step
 from icapnet.model.captioner import Captioner
 from icapnet.model.training import train
 from icapnet.train import build_parser, config_from_args
@@ -35,20 +35,33 @@ def _random(rng, *shape):
     return tf.constant(rng.normal(size=shape).astype("float32") * 0.7)
 
 
-def test_kernel_matches_tensorflow_ops_and_their_gradients():
+def _reference_attention(keys, query, v, values, add_scores, add_context):
+    alpha = tf.nn.softmax(_reference_scores(keys, query, v) + add_scores, axis=-1)
+    return alpha, tf.matmul(alpha, values) + add_context
+
+
+def test_attention_kernel_matches_tensorflow_ops_and_their_gradients():
     rng = np.random.default_rng(0)
     keys, query, v = _random(rng, 3, 7, 5), _random(rng, 3, 2, 5), _random(rng, 5)
-    weights = _random(rng, 3, 2, 7)
+    values, add_scores, add_context = (_random(rng, 3, 7, 4), _random(rng, 3, 2, 7),
+                                       _random(rng, 3, 2, 4))
+    weigh_alpha, weigh_context = _random(rng, 3, 2, 7), _random(rng, 3, 2, 4)
+    inputs = [keys, query, v, values, add_scores, add_context]
+    differentiated = [query, v, add_scores, add_context]  # keys, values: once per sequence
     results = []
-    for scores_fn in (_reference_scores, fused_attention.additive_scores):
+    for attention in (_reference_attention, fused_step.additive_attention):
         with tf.GradientTape() as tape:
-            tape.watch([keys, query, v])
-            scores = scores_fn(keys, query, v)
-            loss = tf.reduce_sum(scores * weights)
-        results.append([scores, *tape.gradient(loss, [keys, query, v])])
+            tape.watch(inputs)
+            alpha, context = attention(*inputs)
+            loss = tf.reduce_sum(alpha * weigh_alpha) + tf.reduce_sum(context * weigh_context)
+        results.append([alpha, context, *tape.gradient(loss, differentiated)])
     for expected, got in zip(*results, strict=True):
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch([keys, values])
+        alpha, context = fused_step.additive_attention(*inputs)
+    assert tape.gradient([alpha, context], [keys, values]) == [None, None]
 
 
 def test_keys_gradient_over_a_sequence_is_the_sum_of_the_steps():
@@ -62,13 +75,8 @@ def test_keys_gradient_over_a_sequence_is_the_sum_of_the_steps():
             tape.watch(keys)
             scores = _reference_scores(keys, queries[t], v)
         expected += tape.gradient(scores, keys, output_gradients=d_scores[t])
-    got = fused_attention.keys_gradient(keys, queries, v, d_scores)
+    got = fused_step.keys_gradient(keys, queries, v, d_scores)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    # Without the keys' gradient the op leaves it out: the per-sequence pass takes it.
-    with tf.GradientTape() as tape:
-        tape.watch([keys, queries])
-        scores = fused_attention.additive_scores(keys, queries[0], v, keys_gradient=False)
-    assert tape.gradient(scores, keys) is None
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -80,7 +88,7 @@ def _loss_and_gradients(model: Captioner, features, captions, fused: bool, train
     """The training loss and its gradients, dropout masks drawn from the same seeds."""
     states = _seed_states(model)
     saved = [s.numpy() for s in states]
-    model.fused_attention = fused
+    model.fused_step = fused
     with tf.GradientTape() as tape:
         loss, _ = model.compute_losses(features, captions, training=training)
     grads = tape.gradient(loss, model.trainable_variables)
@@ -133,9 +141,9 @@ def test_a_fused_training_run_follows_the_unfused_one(tmp_path):
         config = Config(model=ModelConfig(embedding_dim=8, units=16, attention_units=8,
                                           dropout=0.0),
                         train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, seed=7,
-                                          fused_attention=mode))
+                                          fused_step=mode))
         histories[mode] = train(config, cache, tmp_path / mode, verbose=0,
-                                on_model=lambda model: used.append(model.fused_attention))
+                                on_model=lambda model: used.append(model.fused_step))
     assert used == [True, False]
     np.testing.assert_allclose(histories["on"]["loss"], histories["off"]["loss"], rtol=1e-4)
     np.testing.assert_allclose(histories["on"]["val_loss"], histories["off"]["val_loss"],
@@ -143,53 +151,53 @@ def test_a_fused_training_run_follows_the_unfused_one(tmp_path):
 
 
 def test_auto_falls_back_with_a_reason_and_on_refuses(monkeypatch, caplog):
-    assert fused_attention.resolve("off") is False
-    caplog.set_level(logging.INFO, logger=fused_attention.__name__)
-    assert fused_attention.resolve("auto", compute_dtype="bfloat16") is False
+    assert fused_step.resolve("off") is False
+    caplog.set_level(logging.INFO, logger=fused_step.__name__)
+    assert fused_step.resolve("auto", compute_dtype="bfloat16") is False
     assert "float32 only" in caplog.text
-    assert fused_attention.resolve("auto", jit_compile=True) is False
+    assert fused_step.resolve("auto", jit_compile=True) is False
     assert "XLA" in caplog.text
     assert {r.levelname for r in caplog.records} == {"INFO"}  # not applying is no problem
-    assert fused_attention.resolve("auto", attention="none") is False
-    with pytest.raises(IcapnetError, match=r"--fused-attention on: .*float16"):
-        fused_attention.resolve("on", compute_dtype="float16")
-    assert fused_attention.resolve("auto") is True  # this machine builds it
+    assert fused_step.resolve("auto", attention="none") is False
+    with pytest.raises(IcapnetError, match=r"--fused-step on: .*float16"):
+        fused_step.resolve("on", compute_dtype="float16")
+    assert fused_step.resolve("auto") is True  # this machine builds it
 
     def unavailable():
-        raise fused_attention.KernelUnavailable("no C++ compiler ('g++' not found)")
+        raise fused_step.KernelUnavailable("no C++ compiler ('g++' not found)")
 
-    monkeypatch.setattr(fused_attention, "load", unavailable)
+    monkeypatch.setattr(fused_step, "load", unavailable)
     caplog.clear()
-    assert fused_attention.resolve("auto") is False
+    assert fused_step.resolve("auto") is False
     assert [r.levelname for r in caplog.records] == ["WARNING"]  # a kernel that should build
     assert "g++" in caplog.text
     with pytest.raises(IcapnetError, match=r"g\+\+' not found"):
-        fused_attention.resolve("on")
+        fused_step.resolve("on")
 
 
 def test_kernel_is_built_once_per_machine_and_never_half_written(tmp_path, monkeypatch):
-    built = fused_attention.build(tmp_path / "cache")
+    built = fused_step.build(tmp_path / "cache")
     assert built.is_file() and built.parent == tmp_path / "cache"
     stamp = built.stat().st_mtime_ns
-    assert fused_attention.build(tmp_path / "cache") == built  # found, not compiled again
+    assert fused_step.build(tmp_path / "cache") == built  # found, not compiled again
     assert built.stat().st_mtime_ns == stamp
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(fused_attention.KernelUnavailable, match="no-such-compiler"):
-        fused_attention.build(tmp_path / "other")
+    with pytest.raises(fused_step.KernelUnavailable, match="no-such-compiler"):
+        fused_step.build(tmp_path / "other")
     monkeypatch.setenv("CXX", "false")  # a compiler that fails
-    with pytest.raises(fused_attention.KernelUnavailable, match="did not compile"):
-        fused_attention.build(tmp_path / "failed")
+    with pytest.raises(fused_step.KernelUnavailable, match="did not compile"):
+        fused_step.build(tmp_path / "failed")
     assert list((tmp_path / "failed").iterdir()) == []  # no temporary left behind
-    monkeypatch.setenv(fused_attention.CACHE_ENV, str(tmp_path / "env"))
-    assert fused_attention.cache_dir() == tmp_path / "env"
+    monkeypatch.setenv(fused_step.CACHE_ENV, str(tmp_path / "env"))
+    assert fused_step.cache_dir() == tmp_path / "env"
 
 
 def test_the_flag_sets_the_mode_and_rejects_others():
     args = build_parser().parse_args(["--cache", "c", "--out", "o",
-                                      "--fused-attention", "off"])
-    assert config_from_args(args).train.fused_attention == "off"
-    config = Config(train=TrainConfig(fused_attention="sometimes"))
-    with pytest.raises(IcapnetError, match="--fused-attention: 'sometimes' is not one of "
+                                      "--fused-step", "off"])
+    assert config_from_args(args).train.fused_step == "off"
+    config = Config(train=TrainConfig(fused_step="sometimes"))
+    with pytest.raises(IcapnetError, match="--fused-step: 'sometimes' is not one of "
                                            "auto, on, off"):
         config.validate()
