@@ -11,7 +11,7 @@ dispatch inside the while loop), are one op each way.
 The kernels are compiled on first use with the C++ compiler TensorFlow's headers need (``g++``
 or ``$CXX``) for this CPU (``-march=native``), once per source, TensorFlow version and CPU,
 into ``$ICAPNET_KERNEL_CACHE`` (default ``~/.cache/icapnet/kernels``). Training and validation
-use them (``Decoder._fused_teacher_forcing``); decoding, export and the SavedModel keep
+use them (:mod:`icapnet.model.fused_teacher_forcing`); decoding, export and the SavedModel keep
 TensorFlow's ops, so a saved model needs nothing but TensorFlow. ``train.fused_step="auto"``
 uses them where they apply (float32 on a CPU, no XLA) and falls back to TensorFlow's ops when
 they cannot be built.
@@ -193,7 +193,7 @@ def additive_attention(keys: tf.Tensor, query: tf.Tensor, v: tf.Tensor, values: 
     alpha · values + add_context`` [G, K, E], from keys [G, R, A], query [G, K, A], v [A],
     values [G, R, E]. The gradient leaves out keys and values (None): the caller takes
     theirs once per sequence, from the gradients of ``add_scores`` (which are the scores')
-    and ``add_context`` (:func:`keys_gradient`, ``Decoder._fused_teacher_forcing``).
+    and ``add_context`` (:func:`keys_gradient`, :mod:`icapnet.model.fused_teacher_forcing`).
     """
     return tuple(load().icapnet_additive_attention(keys, query, v, values, add_scores,
                                                    add_context))

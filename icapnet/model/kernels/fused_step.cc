@@ -13,6 +13,18 @@
 
 using namespace tensorflow;  // NOLINT
 
+namespace {
+
+// A shape function: output i has the shape of input inputs[i].
+std::function<Status(shape_inference::InferenceContext*)> ShapesOf(std::vector<int> inputs) {
+  return [inputs](shape_inference::InferenceContext* c) {
+    for (size_t i = 0; i < inputs.size(); ++i) c->set_output(i, c->input(inputs[i]));
+    return OkStatus();
+  };
+}
+
+}  // namespace
+
 REGISTER_OP("IcapnetAdditiveAttention")
     .Input("keys: float")     // [G, R, A]
     .Input("query: float")    // [G, K, A]: K captions per image
@@ -22,11 +34,7 @@ REGISTER_OP("IcapnetAdditiveAttention")
     .Input("add_context: float")  // [G, K, E], added to the context
     .Output("alpha: float")    // [G, K, R]
     .Output("context: float")  // [G, K, E]
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(4));
-      c->set_output(1, c->input(5));
-      return OkStatus();
-    });
+    .SetShapeFn(ShapesOf({4, 5}));
 
 // The gradient with respect to the query, v and the added scores (= the scores' gradient);
 // that of the keys and values is the caller's, once per sequence.
@@ -41,12 +49,7 @@ REGISTER_OP("IcapnetAdditiveAttentionGrad")
     .Output("d_query: float")
     .Output("d_v: float")
     .Output("d_scores: float")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(2));
-      c->set_output(2, c->input(4));
-      return OkStatus();
-    });
+    .SetShapeFn(ShapesOf({1, 2, 4}));
 
 REGISTER_OP("IcapnetAdditiveScoresGrad")
     .Input("keys: float")
@@ -74,10 +77,7 @@ REGISTER_OP("IcapnetGruGates")
     .Input("inner: float")    // [B, 3U]: the state's projection (+ recurrent bias)
     .Input("state: float")    // [B, U]
     .Output("h: float")       // [B, U]
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(2));
-      return OkStatus();
-    });
+    .SetShapeFn(ShapesOf({2}));
 
 REGISTER_OP("IcapnetGruGatesGrad")
     .Input("x: float")
@@ -87,16 +87,13 @@ REGISTER_OP("IcapnetGruGatesGrad")
     .Output("d_x: float")
     .Output("d_inner: float")
     .Output("d_state: float")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(1));
-      c->set_output(2, c->input(2));
-      return OkStatus();
-    });
+    .SetShapeFn(ShapesOf({0, 1, 2}));
 
 namespace {
 
 using Row = Eigen::Map<const Eigen::ArrayXf>;
+
+const float* In(OpKernelContext* ctx, int i) { return ctx->input(i).flat<float>().data(); }
 using MutableRow = Eigen::Map<Eigen::ArrayXf>;
 
 struct Dims {
@@ -183,12 +180,12 @@ class AdditiveAttentionOp : public OpKernel {
     Tensor *alpha_t = nullptr, *context_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.g, d.k, d.r}), &alpha_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.g, d.k, e}), &context_t));
-    const float* keys = ctx->input(0).flat<float>().data();
-    const float* query = ctx->input(1).flat<float>().data();
-    const Row v(ctx->input(2).flat<float>().data(), d.a);
-    const float* values = ctx->input(3).flat<float>().data();
-    const float* add_scores = ctx->input(4).flat<float>().data();
-    const float* add_context = ctx->input(5).flat<float>().data();
+    const float* keys = In(ctx, 0);
+    const float* query = In(ctx, 1);
+    const Row v(In(ctx, 2), d.a);
+    const float* values = In(ctx, 3);
+    const float* add_scores = In(ctx, 4);
+    const float* add_context = In(ctx, 5);
     float* alpha = alpha_t->flat<float>().data();
     float* context = context_t->flat<float>().data();
     ForEachImage(ctx, d, [&](int64_t begin, int64_t end) {
@@ -233,13 +230,13 @@ class AdditiveAttentionGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(4).shape(), &d_scores_t));
     Tensor parts;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({d.g, d.a}), &parts));
-    const float* keys = ctx->input(0).flat<float>().data();
-    const float* query = ctx->input(1).flat<float>().data();
-    const Row v(ctx->input(2).flat<float>().data(), d.a);
-    const float* values = ctx->input(3).flat<float>().data();
-    const float* alpha = ctx->input(4).flat<float>().data();
-    const float* d_alpha = ctx->input(5).flat<float>().data();
-    const float* d_context = ctx->input(6).flat<float>().data();
+    const float* keys = In(ctx, 0);
+    const float* query = In(ctx, 1);
+    const Row v(In(ctx, 2), d.a);
+    const float* values = In(ctx, 3);
+    const float* alpha = In(ctx, 4);
+    const float* d_alpha = In(ctx, 5);
+    const float* d_context = In(ctx, 6);
     float* d_scores = d_scores_t->flat<float>().data();
     float* d_query = d_query_t->flat<float>().data();
     float* d_v_parts = parts.flat<float>().data();
@@ -285,9 +282,9 @@ class AdditiveScoresGradOp : public OpKernel {
                                              &d_v_t));
     Tensor parts;  // d_v, one row per image, summed after the parallel part
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({d.g, d.a}), &parts));
-    const float* keys = ctx->input(0).flat<float>().data();
-    const float* query = ctx->input(1).flat<float>().data();
-    const Row v(ctx->input(2).flat<float>().data(), d.a);
+    const float* keys = In(ctx, 0);
+    const float* query = In(ctx, 1);
+    const Row v(In(ctx, 2), d.a);
     const float* d_scores = d_scores_t.flat<float>().data();
     float* d_keys = d_keys_t->flat<float>().data();
     float* d_query = d_query_t->flat<float>().data();
@@ -335,9 +332,9 @@ class GruGatesOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckGru(ctx, &rows, &units));
     Tensor* h_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(2).shape(), &h_t));
-    const float* x = ctx->input(0).flat<float>().data();
-    const float* inner = ctx->input(1).flat<float>().data();
-    const float* state = ctx->input(2).flat<float>().data();
+    const float* x = In(ctx, 0);
+    const float* inner = In(ctx, 1);
+    const float* state = In(ctx, 2);
     float* h = h_t->flat<float>().data();
     ForEachRow(ctx, rows, units, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -367,10 +364,10 @@ class GruGatesGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &d_x_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &d_inner_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &d_state_t));
-    const float* x = ctx->input(0).flat<float>().data();
-    const float* inner = ctx->input(1).flat<float>().data();
-    const float* state = ctx->input(2).flat<float>().data();
-    const float* d_h = ctx->input(3).flat<float>().data();
+    const float* x = In(ctx, 0);
+    const float* inner = In(ctx, 1);
+    const float* state = In(ctx, 2);
+    const float* d_h = In(ctx, 3);
     float* d_x = d_x_t->flat<float>().data();
     float* d_inner = d_inner_t->flat<float>().data();
     float* d_state = d_state_t->flat<float>().data();
