@@ -45,7 +45,7 @@ PARTS = (
     ("GRU gates (kernel)", ("icapnetgrugates",)),
     ("state projection [W2 | recurrent kernel]", ("state_projection",)),
     ("context projection (cell input)", ("context_projection",)),
-    ("other gradients once per caption (weights, regions)", ("once_per_caption",)),
+    ("other gradients once per caption (weights, regions)", ("gradient_once_per_caption",)),
     ("attention step: W2·h", ("/w2/",)),
     ("attention step: V·tanh(keys + W2·h)", ("icapnetadditivescores", "attention/add", "/tanh",
                                              "/v/", "attention/score",

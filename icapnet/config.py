@@ -191,7 +191,7 @@ class TrainConfig:
                                                             "XLA"))
     # C++ kernels for the attention scores and the GRU's gates of the training step (compiled
     # on first use with g++ for this CPU) and the loop's weight gradients once per caption:
-    # ~1.75x the captions/s of TensorFlow's ops at the tutorial's sizes (benchmarks/README.md).
+    # ~1.7x the captions/s of TensorFlow's ops at the tutorial's sizes (benchmarks/README.md).
     # Same values to float32 rounding; decoding and saved models never use them.
     fused_step: str = field(default="auto", metadata=_help(
         "train with fused CPU kernels (compiled once with g++): auto where they apply "

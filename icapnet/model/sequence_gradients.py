@@ -43,7 +43,7 @@ def probe(tensors: list[tf.Tensor], gradients: list[Deferred], leading, widths) 
         zeros = tf.zeros(tf.concat([leading, [tf.reduce_sum(widths)]], 0), inputs[0].dtype)
 
         def backward(d_probe):
-            with tf.name_scope("once_per_caption"):
+            with tf.name_scope("gradient_once_per_caption"):
                 parts = tf.split(d_probe, widths, axis=-1, num=len(gradients))
                 return [gradient(part) for gradient, part in zip(gradients, parts, strict=True)]
 
