@@ -189,6 +189,15 @@ def test_kernel_is_built_once_per_machine_and_never_half_written(tmp_path, monke
     with pytest.raises(fused_step.KernelUnavailable, match="did not compile"):
         fused_step.build(tmp_path / "failed")
     assert list((tmp_path / "failed").iterdir()) == []  # no temporary left behind
+    (tmp_path / "a-file").write_text("")  # a cache folder that cannot be made
+    with pytest.raises(fused_step.KernelUnavailable, match="cannot write the kernel cache"):
+        fused_step.build(tmp_path / "a-file" / "cache")
+    noexec = tmp_path / "noexec-compiler"
+    noexec.write_text("")  # found on the path, but not runnable as a program
+    noexec.chmod(0o755)
+    monkeypatch.setenv("CXX", str(noexec))
+    with pytest.raises(fused_step.KernelUnavailable, match="cannot run"):
+        fused_step.build(tmp_path / "noexec")
     monkeypatch.setenv(fused_step.CACHE_ENV, str(tmp_path / "env"))
     assert fused_step.cache_dir() == tmp_path / "env"
 

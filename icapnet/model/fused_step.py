@@ -91,19 +91,22 @@ def library_path(directory: Path | None = None) -> Path:
 def _compile(target: Path) -> None:
     """Build the kernels into ``target`` via a temporary file: never a half-written library."""
     compiler = _compiler()
-    try:
+    try:  # a cache folder that cannot be written means no kernels, not a failed training
         target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
     except OSError as err:
-        raise KernelUnavailable(f"{target.parent}: cannot create the kernel cache "
+        raise KernelUnavailable(f"{target.parent}: cannot write the kernel cache "
                                 f"({err.strerror or err})") from None
+    os.close(handle)
     log.info("compiling the fused training kernels for this CPU (once, ~10 s) into %s",
              target.parent)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
-    os.close(handle)
     command = [compiler, "-shared", "-fPIC", *_OPTIMISE, "-w", str(SOURCE), "-o", tmp,
                *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as err:
+            raise KernelUnavailable(f"{compiler}: cannot run ({err.strerror or err})") from None
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if "error" in line]
             detail = (lines or result.stderr.strip().splitlines() or ["no output"])[0]
