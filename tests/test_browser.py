@@ -170,7 +170,7 @@ def test_desktop_caption_heatmap_candidates_and_downloads(
     photo = sample_images[0]
     expected = _expected(predictor, photo)
     page.set_input_files("#file-input", str(photo))
-    page.wait_for_function("document.querySelector('#preview').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#preview').naturalWidth > 0")
     _set_beam(page, 1)
     page.click("#caption-button")
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
@@ -243,7 +243,8 @@ def test_phone_example_scrolls_to_the_result_and_a_tap_switches_the_heatmap(
     open_page, predictor, url
 ) -> None:
     page = open_page(PHONE)
-    page.wait_for_function("document.querySelector('#drop-title').textContent.includes('Tap')")
+    page.wait_for_function(
+        "() => document.querySelector('#drop-title').textContent.includes('Tap')")
     assert "Drop" not in page.text_content("#drop-title")  # no dropping on a phone
     assert page.locator("#example-list .example").count() == 4
     page.locator("#example-list .example").nth(1).tap()  # an example captions at once
@@ -287,7 +288,7 @@ def test_rejected_file_clears_the_selection_and_a_broken_image_has_no_broken_ico
     page = open_page(PHONE)
     photo = sample_images[0]
     page.set_input_files("#file-input", str(photo))
-    page.wait_for_function("document.querySelector('#preview').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#preview').naturalWidth > 0")
     assert page.is_enabled("#caption-button")
 
     notes = tmp_path / "notes.txt"
