@@ -59,15 +59,6 @@ def cache_dir() -> Path:
     return Path(base) / "icapnet" / "kernels"
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags: a kernel built with -march=native may not run on another CPU."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
 def _compiler() -> str:
     compiler = os.environ.get("CXX") or "g++"
     found = shutil.which(compiler)
@@ -78,11 +69,15 @@ def _compiler() -> str:
 
 
 def library_path(directory: Path | None = None) -> Path:
-    """The compiled kernels' file for this source, TensorFlow version and CPU."""
+    """The compiled kernels' file for this source, TensorFlow version and CPU (a build with
+    -march=native may not run on another CPU)."""
+    from icapnet.model.precision import cpu_flags
+
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags() + _OPTIMISE
+    cpu = " ".join(sorted(cpu_flags())) or platform.processor()
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__.encode(), " ".join(flags).encode(),
-                 _cpu_flags().encode(), platform.machine().encode()):
+                 cpu.encode(), platform.machine().encode()):
         key.update(part)
         key.update(b"\0")
     return (directory or cache_dir()) / f"fused_step-{key.hexdigest()[:16]}.so"

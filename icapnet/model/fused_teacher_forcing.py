@@ -69,9 +69,7 @@ def teacher_forcing(decoder: Decoder, encoded: tf.Tensor, tokens: tf.Tensor, tra
                   "context": tf.transpose(fixed["context"])}
 
     def body(t, state, written):
-        if decoder.state_dropout is not None:
-            state = decoder.state_dropout(state, training=training)
-        hidden = state if decoder.decoder_type == "gru" else state[:, : decoder.units]
+        state, hidden = decoder._step_state(state, training)
         added = dict(zip(names, tf.split(probes.read(t), widths, axis=1, num=len(names)),
                          strict=True))
         with tf.name_scope("state_projection"):  # names for benchmarks/profile_step.py

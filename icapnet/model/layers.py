@@ -352,6 +352,14 @@ class Decoder(keras.layers.Layer):
         return h, tf.concat([h, c], axis=-1)
 
     # -- per-step pieces ----------------------------------------------------------------
+    def _step_state(self, state, training):
+        """The state a step starts from (state dropout applied) and its hidden part [B, U],
+        the attention query's input. A GRU's state is its hidden vector: slicing it anyway
+        costs a gradient op per step."""
+        if self.state_dropout is not None:
+            state = self.state_dropout(state, training=training)
+        return state, state if self.decoder_type == "gru" else state[:, : self.units]
+
     def _recurrent_step(self, word_proj, state, encoded, keys, weights, training=False,
                         group: int = 1, word_query=None):
         """One step before the output projection: -> (projection input, state, alpha).
@@ -362,10 +370,7 @@ class Decoder(keras.layers.Layer):
         captions (rows of ``state``) per image. ``word_query`` is this step's projection of
         the word read (with ``word_query`` on), else None.
         """
-        if self.state_dropout is not None:
-            state = self.state_dropout(state, training=training)
-        # A GRU's state is its hidden vector; slicing it anyway costs a gradient op per step.
-        hidden = state if self.decoder_type == "gru" else state[:, : self.units]
+        state, hidden = self._step_state(state, training)
         context, alpha = self.attention(encoded, keys, hidden, group=group,
                                         word_query=word_query)
         if self.gate is not None:

@@ -46,14 +46,19 @@ def policy_name(mode: object, strategy: str = "default") -> str:
     return "float32"
 
 
-def cpu_has_native_bfloat16() -> bool:
-    """AVX512_BF16 or AMX on this (Linux) CPU: bfloat16 matmuls/convolutions run natively."""
+def cpu_flags() -> frozenset[str]:
+    """This (Linux) CPU's feature flags from /proc/cpuinfo; empty elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             flags = next((line for line in handle if line.startswith("flags")), "")
     except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+        return frozenset()
+    return frozenset(flags.partition(":")[2].split())
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AVX512_BF16 or AMX on this (Linux) CPU: bfloat16 matmuls/convolutions run natively."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def backbone_precision(mode: str) -> str:

@@ -71,7 +71,6 @@ REGISTER_OP("IcapnetAdditiveScoresGrad")
       return OkStatus();
     });
 
-
 REGISTER_OP("IcapnetGruGates")
     .Input("x: float")        // [B, 3U]: the input projection (+ input bias), gates z, r, h
     .Input("inner: float")    // [B, 3U]: the state's projection (+ recurrent bias)
@@ -92,15 +91,17 @@ REGISTER_OP("IcapnetGruGatesGrad")
 namespace {
 
 using Row = Eigen::Map<const Eigen::ArrayXf>;
-
-const float* In(OpKernelContext* ctx, int i) { return ctx->input(i).flat<float>().data(); }
 using MutableRow = Eigen::Map<Eigen::ArrayXf>;
 
+const float* In(OpKernelContext* ctx, int i) { return ctx->input(i).flat<float>().data(); }
+
+// G images, K captions per image, R regions, attention width A, region width E (values).
 struct Dims {
-  int64_t g, k, r, a;
+  int64_t g, k, r, a, e = 0;
 };
 
-Status CheckInputs(OpKernelContext* ctx, Dims* d) {
+// Inputs 0-2 of every attention op: keys [G, R, A], query [G, K, A], v [A].
+Status CheckScores(OpKernelContext* ctx, Dims* d) {
   const Tensor& keys = ctx->input(0);
   const Tensor& query = ctx->input(1);
   const Tensor& v = ctx->input(2);
@@ -115,7 +116,24 @@ Status CheckInputs(OpKernelContext* ctx, Dims* d) {
   return OkStatus();
 }
 
-void ForEachImage(OpKernelContext* ctx, const Dims& d, const std::function<void(int64_t, int64_t)>& work) {
+// The attention ops' inputs: CheckScores', values [G, R, E] (input 3), then [G, K, R] tensors
+// and a last [G, K, E] one.
+Status CheckAttention(OpKernelContext* ctx, Dims* d) {
+  TF_RETURN_IF_ERROR(CheckScores(ctx, d));
+  const Tensor& values = ctx->input(3);
+  if (values.dims() != 3 || values.dim_size(0) != d->g || values.dim_size(1) != d->r)
+    return errors::InvalidArgument("values must be [G, R, E]");
+  d->e = values.dim_size(2);
+  const int last = ctx->num_inputs() - 1;
+  for (int i = 4; i <= last; ++i) {
+    if (ctx->input(i).NumElements() != d->g * d->k * (i == last ? d->e : d->r))
+      return errors::InvalidArgument("inputs after values must be [G, K, R], the last [G, K, E]");
+  }
+  return OkStatus();
+}
+
+void ForEachImage(OpKernelContext* ctx, const Dims& d,
+                  const std::function<void(int64_t, int64_t)>& work) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads();
   const int64_t cost = d.k * d.r * d.a * 30;  // ~cycles per image: tanh dominates
   Shard(pool->num_threads, pool->workers, d.g, cost, work);
@@ -157,26 +175,14 @@ void SumParts(const float* parts, int64_t rows, int64_t width, float* out) {
   for (int64_t g = 0; g < rows; ++g) total += Row(parts + g * width, width);
 }
 
-Status CheckValues(OpKernelContext* ctx, const Dims& d, int64_t* e) {
-  const Tensor& values = ctx->input(3);
-  if (values.dims() != 3 || values.dim_size(0) != d.g || values.dim_size(1) != d.r)
-    return errors::InvalidArgument("values must be [G, R, E]");
-  *e = values.dim_size(2);
-  return OkStatus();
-}
-
 class AdditiveAttentionOp : public OpKernel {
  public:
   explicit AdditiveAttentionOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* ctx) override {
     Dims d;
-    int64_t e;
-    OP_REQUIRES_OK(ctx, CheckInputs(ctx, &d));
-    OP_REQUIRES_OK(ctx, CheckValues(ctx, d, &e));
-    OP_REQUIRES(ctx, ctx->input(4).NumElements() == d.g * d.k * d.r &&
-                         ctx->input(5).NumElements() == d.g * d.k * e,
-                errors::InvalidArgument("add_scores [G, K, R] and add_context [G, K, E] expected"));
+    OP_REQUIRES_OK(ctx, CheckAttention(ctx, &d));
+    const int64_t e = d.e;
     Tensor *alpha_t = nullptr, *context_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.g, d.k, d.r}), &alpha_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.g, d.k, e}), &context_t));
@@ -217,13 +223,8 @@ class AdditiveAttentionGradOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     Dims d;
-    int64_t e;
-    OP_REQUIRES_OK(ctx, CheckInputs(ctx, &d));
-    OP_REQUIRES_OK(ctx, CheckValues(ctx, d, &e));
-    OP_REQUIRES(ctx, ctx->input(4).NumElements() == d.g * d.k * d.r &&
-                         ctx->input(5).NumElements() == d.g * d.k * d.r &&
-                         ctx->input(6).NumElements() == d.g * d.k * e,
-                errors::InvalidArgument("alpha, d_alpha [G, K, R] and d_context [G, K, E] expected"));
+    OP_REQUIRES_OK(ctx, CheckAttention(ctx, &d));
+    const int64_t e = d.e;
     Tensor *d_query_t = nullptr, *d_v_t = nullptr, *d_scores_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &d_query_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(2).shape(), &d_v_t));
@@ -268,7 +269,7 @@ class AdditiveScoresGradOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     Dims d;
-    OP_REQUIRES_OK(ctx, CheckInputs(ctx, &d));
+    OP_REQUIRES_OK(ctx, CheckScores(ctx, &d));
     const Tensor& d_scores_t = ctx->input(3);
     OP_REQUIRES(ctx, d_scores_t.NumElements() == d.g * d.k * d.r,
                 errors::InvalidArgument("d_scores must be [G, K, R]"));
